@@ -1,0 +1,251 @@
+//! The engine handle: submit requests, receive their events, cancel them.
+//!
+//! One OS thread owns the llama.cpp context and runs the scheduler; callers talk to it
+//! through a command channel and get events back through a sink of their choosing.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use serde::Serialize;
+
+use crate::backend::backend;
+use crate::error::{EngineError, Result};
+use crate::model::Model;
+use crate::request::{Event, GenerationRequest, RequestId};
+use crate::scheduler::{Command, Scheduler, Submission};
+use crate::stop::MAX_STOP_STRINGS;
+
+/// Receives a request's events on the engine thread. Returning `false` means nobody is
+/// listening any more: the engine cancels the request and frees its slot.
+pub type EventSink = Box<dyn FnMut(Event) -> bool + Send>;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together (llama.cpp sequence slots).
+    pub parallel: usize,
+    /// Context tokens each sequence may use (prompt plus completion).
+    pub context_per_slot: u32,
+    /// Most tokens decoded in one step: one per running sequence plus a prefill chunk.
+    pub batch_size: u32,
+    /// CPU threads for llama.cpp.
+    pub threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            parallel: 4,
+            context_per_slot: 4096,
+            batch_size: 512,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// Physical-core count is what llama.cpp scales with; logical CPUs is the best we can read.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+}
+
+/// Counters the engine thread keeps current, readable from any thread.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    /// KV cells in use across all slots.
+    pub kv_used: AtomicUsize,
+    pub steps: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub running: usize,
+    pub waiting: usize,
+    pub slots: usize,
+    pub kv_used: usize,
+    pub kv_capacity: usize,
+}
+
+/// A request in flight: its id (for `Engine::cancel`) and its events.
+pub struct RequestHandle {
+    pub id: RequestId,
+    pub events: mpsc::Receiver<Event>,
+}
+
+pub struct Engine {
+    model: Arc<Model>,
+    config: EngineConfig,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<EngineStats>,
+    next_id: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Create the context and start the engine thread.
+    pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Engine> {
+        if config.parallel == 0 || config.context_per_slot < 16 || config.batch_size == 0 {
+            return Err(EngineError::InvalidRequest(
+                "parallel, context size and batch size must be positive".into(),
+            ));
+        }
+        let (commands, inbox) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let thread = {
+            let model = model.clone();
+            let config = config.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("hearth-engine".into())
+                .spawn(move || run_engine_thread(model, config, inbox, stats, ready_tx))
+                .map_err(|e| EngineError::ContextFailed(e.to_string()))?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Engine {
+                model,
+                config,
+                commands,
+                stats,
+                next_id: AtomicU64::new(1),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EngineError::ContextFailed("engine thread exited".into()))
+            }
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Check a request against the model and this engine's limits.
+    pub fn validate(&self, request: &GenerationRequest) -> Result<()> {
+        if request.prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let vocab = self.model.info().vocab_size;
+        if let Some(bad) = request.prompt.iter().find(|&&t| t >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt token {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        let context = self.config.context_per_slot as usize;
+        if request.prompt.len() >= context {
+            return Err(EngineError::ContextLengthExceeded {
+                prompt_tokens: request.prompt.len(),
+                context_tokens: context,
+            });
+        }
+        if request.stop.len() > MAX_STOP_STRINGS {
+            return Err(EngineError::InvalidRequest(format!(
+                "at most {MAX_STOP_STRINGS} stop strings are allowed"
+            )));
+        }
+        if request.max_tokens == Some(0) {
+            return Err(EngineError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        request
+            .sampling
+            .validate(vocab)
+            .map_err(EngineError::InvalidRequest)
+    }
+
+    /// Submit a request; its events go to `sink` on the engine thread.
+    pub fn submit_with_sink(
+        &self,
+        request: GenerationRequest,
+        sink: EventSink,
+    ) -> Result<RequestId> {
+        self.validate(&request)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .send(Command::Submit(Submission { id, request, sink }))
+            .map_err(|_| {
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                EngineError::EngineStopped
+            })?;
+        Ok(id)
+    }
+
+    /// Submit a request; its events arrive on the handle's channel. Dropping the handle
+    /// cancels the request.
+    pub fn submit(&self, request: GenerationRequest) -> Result<RequestHandle> {
+        let (tx, rx) = mpsc::channel();
+        let id = self.submit_with_sink(request, Box::new(move |event| tx.send(event).is_ok()))?;
+        Ok(RequestHandle { id, events: rx })
+    }
+
+    /// Stop a request; its slot is free before the next step. Unknown ids are ignored.
+    pub fn cancel(&self, id: RequestId) {
+        let _ = self.commands.send(Command::Cancel(id));
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            running: self.stats.running.load(Ordering::Relaxed),
+            waiting: self.stats.waiting.load(Ordering::Relaxed),
+            slots: self.config.parallel,
+            kv_used: self.stats.kv_used.load(Ordering::Relaxed),
+            kv_capacity: self.config.parallel * self.config.context_per_slot as usize,
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_engine_thread(
+    model: Arc<Model>,
+    config: EngineConfig,
+    inbox: mpsc::Receiver<Command>,
+    stats: Arc<EngineStats>,
+    ready: mpsc::Sender<Result<()>>,
+) {
+    let total_ctx = config
+        .context_per_slot
+        .saturating_mul(config.parallel as u32);
+    let threads = i32::try_from(config.threads.max(1)).unwrap_or(i32::MAX);
+    // kv_unified stays false: each sequence gets its own cells, which keeps a sequence's
+    // greedy output identical whether it runs alone or batched (measured in issue 2).
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total_ctx))
+        .with_n_batch(config.batch_size)
+        .with_n_ubatch(config.batch_size)
+        .with_n_seq_max(config.parallel as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let context = match model.llama.new_context(backend(), params) {
+        Ok(context) => context,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::ContextFailed(e.to_string())));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    Scheduler::new(&model, context, &config, stats).run(inbox);
+}

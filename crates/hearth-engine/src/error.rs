@@ -1,0 +1,34 @@
+//! The engine's error type: every failure a caller can act on, with a message a user can read.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file not found: {0}")]
+    ModelNotFound(PathBuf),
+    #[error("cannot read model file {path}: {reason}")]
+    ModelUnreadable { path: PathBuf, reason: String },
+    #[error("{path} is not a GGUF model file ({reason})")]
+    NotGguf { path: PathBuf, reason: String },
+    #[error("llama.cpp could not load {0} (truncated or corrupt GGUF, unsupported architecture, or out of memory)")]
+    LoadFailed(PathBuf),
+    #[error("could not create an inference context: {0}")]
+    ContextFailed(String),
+    #[error("the model has no chat template; use a raw completion or supply a template")]
+    NoChatTemplate,
+    #[error("chat template error: {0}")]
+    Template(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("prompt is {prompt_tokens} tokens, but the context of this model allows {context_tokens} tokens per sequence")]
+    ContextLengthExceeded {
+        prompt_tokens: usize,
+        context_tokens: usize,
+    },
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("the engine has stopped")]
+    EngineStopped,
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! hearth's engine: a GGUF model on llama.cpp, chat templates, Rust sampling, and a
+//! continuous-batching scheduler behind a submit/stream/cancel API.
+
+mod backend;
+pub mod detok;
+mod engine;
+mod error;
+mod model;
+mod pyjson;
+mod request;
+pub mod sampling;
+mod scheduler;
+pub mod stop;
+mod template;
+
+pub use engine::{
+    default_threads, Engine, EngineConfig, EngineStats, EventSink, RequestHandle, StatsSnapshot,
+};
+pub use error::{EngineError, Result};
+pub use model::{LoadOptions, Model, ModelInfo};
+pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
+pub use sampling::{SamplingParams, TokenLogprobs};
+pub use template::{ChatTemplate, TemplateInput};
+
+/// The chat template stored in a model, ready to render.
+pub fn model_chat_template(model: &Model) -> Result<ChatTemplate> {
+    let info = model.info();
+    let source = info
+        .chat_template
+        .as_deref()
+        .ok_or(EngineError::NoChatTemplate)?;
+    ChatTemplate::new(
+        source,
+        &model.token_text(info.bos_token),
+        &model.token_text(info.eos_token),
+    )
+}

@@ -1,0 +1,503 @@
+//! Token sampling in Rust on the logits llama.cpp returns.
+//!
+//! Order of operations (as in vLLM and HF): logit bias and penalties change the logits, an
+//! optional token mask (structured output) removes tokens, logprobs are read from that
+//! distribution, then temperature, top-k, top-p and min-p shape what is sampled from.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Most alternatives a caller may ask for per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The OpenAI sampling parameters of one sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no limit.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// Multiplicative, HF style; 1.0 is off. Applies to prompt and generated tokens.
+    pub repetition_penalty: f32,
+    /// Additive, OpenAI style; apply to generated tokens only.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub logit_bias: HashMap<u32, f32>,
+    /// Same seed and same request give the same tokens. `None` draws a random seed.
+    pub seed: Option<u64>,
+    /// Alternatives to report per token; `None` reports no logprobs at all.
+    pub top_logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: HashMap::new(),
+            seed: None,
+            top_logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Check ranges; the message names the parameter.
+    pub fn validate(&self, vocab_size: u32) -> Result<(), String> {
+        let finite = |name: &str, v: f32| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number"))
+            }
+        };
+        finite("temperature", self.temperature)?;
+        finite("top_p", self.top_p)?;
+        finite("min_p", self.min_p)?;
+        finite("repetition_penalty", self.repetition_penalty)?;
+        finite("frequency_penalty", self.frequency_penalty)?;
+        finite("presence_penalty", self.presence_penalty)?;
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err("temperature must be between 0 and 2".into());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err("top_p must be greater than 0 and at most 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err("min_p must be between 0 and 1".into());
+        }
+        if self.repetition_penalty <= 0.0 || self.repetition_penalty > 10.0 {
+            return Err("repetition_penalty must be greater than 0 and at most 10".into());
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err("frequency_penalty must be between -2 and 2".into());
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err("presence_penalty must be between -2 and 2".into());
+        }
+        for (&token, &bias) in &self.logit_bias {
+            if token >= vocab_size {
+                return Err(format!(
+                    "logit_bias token {token} is outside the vocabulary (size {vocab_size})"
+                ));
+            }
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err("logit_bias values must be between -100 and 100".into());
+            }
+        }
+        if self.top_logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"));
+        }
+        Ok(())
+    }
+}
+
+/// The log-probability of a chosen token and its most likely alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// (token, logprob), most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Tokens a grammar allows at this step; `None` everywhere means no constraint.
+pub trait TokenMask {
+    fn allows(&self, token: u32) -> bool;
+}
+
+/// Per-sequence sampling state: parameters, RNG, and counts of generated tokens.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Generated-token counts, for frequency and presence penalties.
+    generated: HashMap<u32, u32>,
+    /// Every token seen (prompt and generated), for the repetition penalty.
+    seen: Vec<bool>,
+    scratch: Vec<f32>,
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams, prompt: &[u32], vocab_size: usize) -> Sampler {
+        let seed = params.seed.unwrap_or_else(rand::random);
+        let mut seen = Vec::new();
+        if params.repetition_penalty != 1.0 {
+            seen = vec![false; vocab_size];
+            for &t in prompt {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    *s = true;
+                }
+            }
+        }
+        Sampler {
+            params,
+            rng: StdRng::seed_from_u64(seed),
+            generated: HashMap::new(),
+            seen,
+            scratch: Vec::with_capacity(vocab_size),
+            candidates: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Record a token that became part of the sequence.
+    pub fn accept(&mut self, token: u32) {
+        *self.generated.entry(token).or_insert(0) += 1;
+        if let Some(s) = self.seen.get_mut(token as usize) {
+            *s = true;
+        }
+    }
+
+    /// Choose the next token from raw logits.
+    pub fn sample(
+        &mut self,
+        logits: &[f32],
+        mask: Option<&dyn TokenMask>,
+    ) -> (u32, Option<TokenLogprobs>) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(logits);
+        self.apply_penalties();
+        if let Some(mask) = mask {
+            for (token, logit) in self.scratch.iter_mut().enumerate() {
+                if !mask.allows(token as u32) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let token = if self.params.temperature <= 0.0 || self.params.top_k == 1 {
+            argmax(&self.scratch)
+        } else {
+            self.sample_stochastic()
+        };
+        let logprobs = self
+            .params
+            .top_logprobs
+            .map(|n| logprobs_of(&self.scratch, token, n));
+        (token, logprobs)
+    }
+
+    fn apply_penalties(&mut self) {
+        let p = &self.params;
+        for (&token, &bias) in &p.logit_bias {
+            if let Some(l) = self.scratch.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            for (token, seen) in self.seen.iter().enumerate() {
+                if *seen {
+                    let l = &mut self.scratch[token];
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&token, &count) in &self.generated {
+                if let Some(l) = self.scratch.get_mut(token as usize) {
+                    *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    fn sample_stochastic(&mut self) -> u32 {
+        let inv_temp = 1.0 / self.params.temperature;
+        let max = self
+            .scratch
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return argmax(&self.scratch);
+        }
+        // Candidates hold unnormalised probabilities.
+        self.candidates.clear();
+        self.candidates.extend(
+            self.scratch
+                .iter()
+                .enumerate()
+                .map(|(t, &l)| (t as u32, ((l - max) * inv_temp).exp()))
+                .filter(|&(_, p)| p > 0.0),
+        );
+        let top_k = self.params.top_k;
+        if top_k > 0 && top_k < self.candidates.len() {
+            self.candidates
+                .select_nth_unstable_by(top_k - 1, |a, b| b.1.total_cmp(&a.1));
+            self.candidates.truncate(top_k);
+        }
+        if self.params.min_p > 0.0 {
+            // The largest probability is exp(0) = 1 before normalisation.
+            let floor = self.params.min_p;
+            let best = self.candidates.iter().map(|c| c.1).fold(0.0, f32::max);
+            self.candidates.retain(|c| c.1 >= floor * best);
+        }
+        if self.params.top_p < 1.0 {
+            truncate_top_p(&mut self.candidates, self.params.top_p);
+        }
+        let total: f32 = self.candidates.iter().map(|c| c.1).sum();
+        let mut target = self.rng.random::<f32>() * total;
+        for &(token, p) in &self.candidates {
+            if target < p {
+                return token;
+            }
+            target -= p;
+        }
+        self.candidates
+            .last()
+            .map(|c| c.0)
+            .unwrap_or_else(|| argmax(&self.scratch))
+    }
+}
+
+/// Keep the smallest most-likely set whose mass reaches `top_p`.
+///
+/// Sorting the whole vocabulary per token costs more than the decode step of a small model,
+/// so sort a growing prefix: most distributions reach `top_p` within a few dozen tokens.
+fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
+    let total: f32 = candidates.iter().map(|c| c.1).sum();
+    let target = top_p * total;
+    let mut window = 64;
+    loop {
+        let n = window.min(candidates.len());
+        if n < candidates.len() {
+            candidates.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+        }
+        candidates[..n].sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let mut mass = 0.0;
+        for i in 0..n {
+            mass += candidates[i].1;
+            if mass >= target {
+                candidates.truncate(i + 1);
+                return;
+            }
+        }
+        if n == candidates.len() {
+            return;
+        }
+        window *= 8;
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best_value {
+            best = i;
+            best_value = l;
+        }
+    }
+    best as u32
+}
+
+fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let mut top: Vec<(u32, f32)> = Vec::new();
+    if n > 0 {
+        let mut all: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(t, &l)| (t as u32, l))
+            .collect();
+        let n = n.min(all.len());
+        all.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+        all.truncate(n);
+        all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        top = all.into_iter().map(|(t, l)| (t, l - log_sum)).collect();
+    }
+    TokenLogprobs {
+        logprob: logits[chosen as usize] - log_sum,
+        top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.0, 0.5, -1.0]
+    }
+
+    #[test]
+    fn greedy_picks_the_largest_logit() {
+        let mut s = Sampler::new(SamplingParams::greedy(), &[], 5);
+        assert_eq!(s.sample(&logits(), None).0, 1);
+    }
+
+    #[test]
+    fn same_seed_gives_same_tokens() {
+        let params = SamplingParams {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let draw = |params: &SamplingParams| {
+            let mut s = Sampler::new(params.clone(), &[], 5);
+            (0..50)
+                .map(|_| s.sample(&logits(), None).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&params), draw(&params));
+        let distinct: std::collections::HashSet<_> = draw(&params).into_iter().collect();
+        assert!(distinct.len() > 1, "temperature 1 must explore");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_small_is_greedy() {
+        for params in [
+            SamplingParams {
+                top_k: 1,
+                seed: Some(1),
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.01,
+                seed: Some(1),
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 0.99,
+                seed: Some(1),
+                ..Default::default()
+            },
+        ] {
+            let mut s = Sampler::new(params, &[], 5);
+            for _ in 0..20 {
+                assert_eq!(s.sample(&logits(), None).0, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn top_k_limits_choices() {
+        let mut s = Sampler::new(
+            SamplingParams {
+                top_k: 2,
+                seed: Some(3),
+                temperature: 2.0,
+                ..Default::default()
+            },
+            &[],
+            5,
+        );
+        for _ in 0..200 {
+            assert!(matches!(s.sample(&logits(), None).0, 1 | 2));
+        }
+    }
+
+    #[test]
+    fn logit_bias_and_penalties_move_the_choice() {
+        let mut bias = HashMap::new();
+        bias.insert(4, 100.0);
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: bias,
+                ..SamplingParams::greedy()
+            },
+            &[],
+            5,
+        );
+        assert_eq!(s.sample(&logits(), None).0, 4);
+
+        let mut s = Sampler::new(
+            SamplingParams {
+                presence_penalty: 2.0,
+                ..SamplingParams::greedy()
+            },
+            &[],
+            5,
+        );
+        s.accept(1);
+        assert_eq!(s.sample(&logits(), None).0, 2, "3.0 - 2 < 2.0");
+
+        let mut s = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 2.0,
+                ..SamplingParams::greedy()
+            },
+            &[1],
+            5,
+        );
+        assert_eq!(s.sample(&logits(), None).0, 2, "3.0 / 2 < 2.0");
+    }
+
+    #[test]
+    fn mask_excludes_tokens() {
+        struct Only(u32);
+        impl TokenMask for Only {
+            fn allows(&self, token: u32) -> bool {
+                token == self.0
+            }
+        }
+        let mut s = Sampler::new(SamplingParams::default(), &[], 5);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&logits(), Some(&Only(3))).0, 3);
+        }
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let mut s = Sampler::new(
+            SamplingParams {
+                top_logprobs: Some(3),
+                ..SamplingParams::greedy()
+            },
+            &[],
+            5,
+        );
+        let (token, lp) = s.sample(&logits(), None);
+        let lp = lp.unwrap();
+        assert_eq!(token, 1);
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].0, 1);
+        assert!((lp.top[0].1 - lp.logprob).abs() < 1e-6);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let total: f32 = logits()
+            .iter()
+            .map(|&l| (l - logits()[1] + lp.logprob).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
+        assert!(bad.validate(5).unwrap_err().contains("top_p"));
+        let mut bias = HashMap::new();
+        bias.insert(9, 1.0);
+        let bad = SamplingParams {
+            logit_bias: bias,
+            ..Default::default()
+        };
+        assert!(bad.validate(5).unwrap_err().contains("logit_bias"));
+    }
+}

@@ -1,0 +1,385 @@
+//! Continuous batching over one llama.cpp context.
+//!
+//! Each step decodes one token for every running sequence plus a chunk of pending prompt
+//! tokens (chunked prefill), so streams keep flowing while a long prompt is read. Sequences
+//! join and leave between steps; a finished or cancelled sequence frees its KV cells at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::detok::Utf8Decoder;
+use crate::engine::{EngineConfig, EngineStats, EventSink};
+use crate::model::Model;
+use crate::request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
+use crate::sampling::Sampler;
+use crate::stop::{StopMatcher, StopOutcome};
+
+pub(crate) enum Command {
+    Submit(Submission),
+    Cancel(RequestId),
+    Shutdown,
+}
+
+pub(crate) struct Submission {
+    pub id: RequestId,
+    pub request: GenerationRequest,
+    pub sink: EventSink,
+}
+
+/// A sequence that owns a slot (a llama.cpp sequence id and its KV cells).
+struct Sequence {
+    id: RequestId,
+    slot: usize,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+    /// Sampled token not yet decoded (its KV entry is written next step).
+    pending_token: Option<u32>,
+    /// Position of the next token written to the KV cache.
+    position: usize,
+    generated: usize,
+    max_tokens: usize,
+    sampler: Sampler,
+    decoder: Utf8Decoder,
+    stop: StopMatcher,
+    sink: EventSink,
+    /// Index of this sequence's logits in the current batch.
+    logits_at: Option<i32>,
+}
+
+pub(crate) struct Scheduler<'m> {
+    model: &'m Model,
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    batch_size: usize,
+    context_per_slot: usize,
+    free_slots: Vec<usize>,
+    waiting: VecDeque<Submission>,
+    running: Vec<Sequence>,
+    stats: Arc<EngineStats>,
+}
+
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+    /// The sink is gone: nobody to tell.
+    Abandoned,
+}
+
+impl<'m> Scheduler<'m> {
+    pub fn new(
+        model: &'m Model,
+        context: LlamaContext<'m>,
+        config: &EngineConfig,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        Scheduler {
+            model,
+            context,
+            batch: LlamaBatch::new(config.batch_size as usize, 1),
+            batch_size: config.batch_size as usize,
+            context_per_slot: config.context_per_slot as usize,
+            free_slots: (0..config.parallel).rev().collect(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            stats,
+        }
+    }
+
+    pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        loop {
+            // Block only when there is nothing to do; otherwise take what has arrived.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match inbox.recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut open = true;
+            while let Ok(command) = inbox.try_recv() {
+                if !self.handle(command) {
+                    open = false;
+                    break;
+                }
+            }
+            if !open {
+                break;
+            }
+            self.admit();
+            // Published before the step, so a caller who sees a sequence's first token also
+            // sees it counted as running.
+            self.publish_stats();
+            self.step();
+            self.publish_stats();
+        }
+        self.shutdown();
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(submission) => self.waiting.push_back(submission),
+            Command::Cancel(id) => self.cancel(id),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn cancel(&mut self, id: RequestId) {
+        if let Some(at) = self.waiting.iter().position(|s| s.id == id) {
+            if let Some(mut submission) = self.waiting.remove(at) {
+                let usage = Usage {
+                    prompt_tokens: submission.request.prompt.len(),
+                    completion_tokens: 0,
+                };
+                (submission.sink)(Event::Done {
+                    finish_reason: FinishReason::Cancelled,
+                    usage,
+                });
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(at) = self.running.iter().position(|s| s.id == id) {
+            let mut seq = self.running.swap_remove(at);
+            let usage = usage_of(&seq);
+            (seq.sink)(Event::Done {
+                finish_reason: FinishReason::Cancelled,
+                usage,
+            });
+            self.release(seq);
+        }
+    }
+
+    /// Move waiting requests into free slots, first come first served.
+    fn admit(&mut self) {
+        while !self.free_slots.is_empty() {
+            let Some(submission) = self.waiting.pop_front() else {
+                break;
+            };
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let slot = self.free_slots.pop().expect("checked non-empty");
+            let Submission { id, request, sink } = submission;
+            let room = self.context_per_slot - request.prompt.len();
+            let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
+            let sampler = Sampler::new(
+                request.sampling,
+                &request.prompt,
+                self.model.info().vocab_size as usize,
+            );
+            self.running.push(Sequence {
+                id,
+                slot,
+                prompt: request.prompt,
+                prefilled: 0,
+                pending_token: None,
+                position: 0,
+                generated: 0,
+                max_tokens,
+                sampler,
+                decoder: Utf8Decoder::default(),
+                stop: StopMatcher::new(request.stop),
+                sink,
+                logits_at: None,
+            });
+        }
+    }
+
+    /// One decode: a token for every running sequence, then prompt chunks up to the batch size.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = self.batch_size;
+        for seq in &mut self.running {
+            seq.logits_at = None;
+            if let Some(token) = seq.pending_token.take() {
+                let at = self.batch.n_tokens();
+                add(&mut self.batch, token, seq.position, seq.slot, true);
+                seq.position += 1;
+                seq.logits_at = Some(at);
+                budget -= 1;
+            }
+        }
+        for seq in &mut self.running {
+            if budget == 0 {
+                break;
+            }
+            let remaining = seq.prompt.len() - seq.prefilled;
+            if remaining == 0 || seq.logits_at.is_some() {
+                continue;
+            }
+            let chunk = remaining.min(budget);
+            for i in 0..chunk {
+                let index = seq.prefilled + i;
+                let last = index + 1 == seq.prompt.len();
+                if last {
+                    seq.logits_at = Some(self.batch.n_tokens());
+                }
+                add(&mut self.batch, seq.prompt[index], index, seq.slot, last);
+            }
+            seq.prefilled += chunk;
+            seq.position = seq.prefilled;
+            budget -= chunk;
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            self.fail_batch(&format!("llama.cpp decode failed: {e}"));
+            return;
+        }
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.sample_all();
+    }
+
+    fn sample_all(&mut self) {
+        let mut index = 0;
+        while index < self.running.len() {
+            let seq = &mut self.running[index];
+            let Some(at) = seq.logits_at.take() else {
+                index += 1;
+                continue;
+            };
+            let logits = self.context.get_logits_ith(at);
+            let (token, logprobs) = seq.sampler.sample(logits, None);
+            match advance(self.model, seq, token, logprobs) {
+                Outcome::Continue => index += 1,
+                Outcome::Finished(reason) => {
+                    let mut seq = self.running.swap_remove(index);
+                    let usage = usage_of(&seq);
+                    (seq.sink)(Event::Done {
+                        finish_reason: reason,
+                        usage,
+                    });
+                    self.release(seq);
+                }
+                Outcome::Abandoned => {
+                    let seq = self.running.swap_remove(index);
+                    self.release(seq);
+                }
+            }
+        }
+    }
+
+    /// A failed decode leaves the batch's KV state unknown: end every sequence in it.
+    fn fail_batch(&mut self, message: &str) {
+        tracing::error!(message, "decode failed; ending the sequences of this batch");
+        let running = std::mem::take(&mut self.running);
+        for mut seq in running {
+            (seq.sink)(Event::Error(message.to_owned()));
+            self.release(seq);
+        }
+    }
+
+    /// Free a sequence's KV cells and slot.
+    fn release(&mut self, seq: Sequence) {
+        let slot = seq.slot as u32;
+        if let Err(e) = self.context.clear_kv_cache_seq(Some(slot), None, None) {
+            tracing::warn!(%e, slot, "clearing a sequence's KV cells failed");
+        }
+        self.free_slots.push(seq.slot);
+    }
+
+    fn publish_stats(&self) {
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+        let kv: usize = self.running.iter().map(|s| s.position).sum();
+        self.stats.kv_used.store(kv, Ordering::Relaxed);
+    }
+
+    fn shutdown(&mut self) {
+        for mut seq in std::mem::take(&mut self.running) {
+            (seq.sink)(Event::Error("the engine is shutting down".into()));
+        }
+        for mut submission in std::mem::take(&mut self.waiting) {
+            (submission.sink)(Event::Error("the engine is shutting down".into()));
+        }
+        self.stats.running.store(0, Ordering::Relaxed);
+        self.stats.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+fn add(batch: &mut LlamaBatch, token: u32, position: usize, slot: usize, logits: bool) {
+    batch
+        .add(
+            LlamaToken(token as i32),
+            position as i32,
+            &[slot as i32],
+            logits,
+        )
+        .expect("the scheduler never adds more tokens than the batch holds");
+}
+
+fn usage_of(seq: &Sequence) -> Usage {
+    Usage {
+        prompt_tokens: seq.prompt.len(),
+        completion_tokens: seq.generated,
+    }
+}
+
+/// Take a sampled token: stop on end-of-turn, emit its text (held back while a stop string
+/// may still match), and end the sequence at a stop string or its token limit.
+fn advance(
+    model: &Model,
+    seq: &mut Sequence,
+    token: u32,
+    logprobs: Option<crate::sampling::TokenLogprobs>,
+) -> Outcome {
+    seq.sampler.accept(token);
+    let generated = GeneratedToken {
+        id: token,
+        logprobs,
+    };
+    // The end-of-turn token is not part of the reply: it is neither shown nor counted.
+    if model.is_eog(token) {
+        let tail = seq.decoder.finish() + &seq.stop.finish();
+        let delivered = emit(seq, tail, vec![]);
+        return if delivered {
+            Outcome::Finished(FinishReason::Stop)
+        } else {
+            Outcome::Abandoned
+        };
+    }
+    seq.generated += 1;
+    let text = seq.decoder.push(model.token_bytes(token));
+    let (text, stopped) = match seq.stop.push(&text) {
+        StopOutcome::Continue(text) => (text, false),
+        StopOutcome::Stopped(text) => (text, true),
+    };
+    if stopped {
+        return if emit(seq, text, vec![generated]) {
+            Outcome::Finished(FinishReason::Stop)
+        } else {
+            Outcome::Abandoned
+        };
+    }
+    if seq.generated >= seq.max_tokens {
+        let text = text + &seq.decoder.finish() + &seq.stop.finish();
+        return if emit(seq, text, vec![generated]) {
+            Outcome::Finished(FinishReason::Length)
+        } else {
+            Outcome::Abandoned
+        };
+    }
+    if !emit(seq, text, vec![generated]) {
+        return Outcome::Abandoned;
+    }
+    seq.pending_token = Some(token);
+    Outcome::Continue
+}
+
+/// Send a delta unless it carries nothing; false when the receiver is gone.
+fn emit(seq: &mut Sequence, text: String, tokens: Vec<GeneratedToken>) -> bool {
+    if text.is_empty() && tokens.is_empty() {
+        return true;
+    }
+    (seq.sink)(Event::Delta { text, tokens })
+}

@@ -1,0 +1,388 @@
+//! The engine on the real default model: loading, greedy and sampled decoding, batching,
+//! stops, UTF-8 safety, limits and cancellation.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hearth_engine::{
+    EngineError, Event, FinishReason, GenerationRequest, LoadOptions, Model, SamplingParams,
+};
+
+#[test]
+fn model_facts_come_from_the_gguf() {
+    let model = model();
+    let info = model.info();
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.vocab_size, 49152);
+    assert_eq!(info.context_length, 8192);
+    assert_eq!(info.eos_token, Some(2));
+    assert!(info.eog_tokens.contains(&2), "<|im_end|> ends a turn");
+    assert!(!info.add_bos);
+    let fixture = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/templates/smollm2.jinja"),
+    )
+    .unwrap();
+    assert_eq!(info.chat_template.as_deref(), Some(fixture.as_str()));
+    assert_eq!(
+        model.detokenize(&model.tokenize("Hello, world!", false, false)),
+        "Hello, world!"
+    );
+}
+
+#[test]
+fn bad_model_files_are_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("hearth-bad-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = Model::load(dir.join("nope.gguf"), &LoadOptions::default());
+    assert!(
+        matches!(missing, Err(EngineError::ModelNotFound(_))),
+        "{missing:?}"
+    );
+
+    let text = dir.join("text.gguf");
+    std::fs::write(&text, "this is not a model, just some text in a file").unwrap();
+    let not_gguf = Model::load(&text, &LoadOptions::default());
+    assert!(
+        matches!(not_gguf, Err(EngineError::NotGguf { .. })),
+        "{not_gguf:?}"
+    );
+
+    let truncated = dir.join("truncated.gguf");
+    let bytes = std::fs::read(model_path()).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let result = Model::load(&truncated, &LoadOptions::default());
+    assert!(
+        matches!(result, Err(EngineError::LoadFailed(_))),
+        "{result:?}"
+    );
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("truncated"), "{message}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn greedy_answers_and_repeats_itself_exactly() {
+    let engine = engine(1);
+    let prompt = chat_prompt("What is the capital of Germany?");
+    let first = generate(&engine, greedy(prompt.clone(), 24));
+    assert!(first.text.contains("Berlin"), "{:?}", first.text);
+    let second = generate(&engine, greedy(prompt.clone(), 24));
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(first.text, second.text);
+    assert_eq!(first.usage.prompt_tokens, prompt.len());
+    assert_eq!(first.usage.completion_tokens, first.tokens.len());
+}
+
+#[test]
+fn batched_output_equals_output_alone_including_a_recycled_slot() {
+    let target = chat_prompt("Write a short poem about the sea.");
+    let alone = generate(&engine(1), greedy(target.clone(), 48));
+
+    let engine = engine(4);
+    let main = engine.submit(greedy(target, 48)).unwrap();
+    let _b = engine
+        .submit(greedy(chat_prompt("List three fruits."), 40))
+        .unwrap();
+    let _c = engine
+        .submit(greedy(chat_prompt("Explain gravity to a child."), 40))
+        .unwrap();
+    let short = engine.submit(greedy(chat_prompt("Say hi."), 3)).unwrap();
+    let short = collect(short.events);
+    assert_eq!(short.usage.completion_tokens, 3);
+    // The short one's slot is free again: a new sequence joins mid-way into it.
+    let late = engine
+        .submit(greedy(chat_prompt("What colour is the sky?"), 20))
+        .unwrap();
+    let batched = collect(main.events);
+    let late = collect(late.events);
+    assert_eq!(batched.tokens, alone.tokens, "batched output diverged");
+    assert!(!late.tokens.is_empty());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
+    let engine = engine(2);
+    let prompt = chat_prompt("Tell me a story about a dragon.");
+    let sampled = |seed| GenerationRequest {
+        prompt: prompt.clone(),
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(32),
+        stop: vec![],
+    };
+    let a = generate(&engine, sampled(11));
+    let b = generate(&engine, sampled(11));
+    let c = generate(&engine, sampled(12));
+    assert_eq!(a.tokens, b.tokens);
+    assert_ne!(a.tokens, c.tokens, "different seeds should explore");
+
+    let greedy_out = generate(&engine, greedy(prompt.clone(), 32));
+    let top_k_one = generate(
+        &engine,
+        GenerationRequest {
+            sampling: SamplingParams {
+                top_k: 1,
+                temperature: 1.5,
+                seed: Some(5),
+                ..SamplingParams::default()
+            },
+            ..greedy(prompt, 32)
+        },
+    );
+    assert_eq!(greedy_out.tokens, top_k_one.tokens);
+}
+
+#[test]
+fn logit_bias_bans_and_forces_tokens() {
+    let engine = engine(1);
+    let prompt = chat_prompt("What is the capital of Germany?");
+    let base = generate(&engine, greedy(prompt.clone(), 16));
+    let banned = base.tokens[0];
+    let mut bias = HashMap::new();
+    bias.insert(banned, -100.0);
+    let out = generate(
+        &engine,
+        GenerationRequest {
+            sampling: SamplingParams {
+                logit_bias: bias,
+                ..SamplingParams::greedy()
+            },
+            ..greedy(prompt.clone(), 16)
+        },
+    );
+    assert!(!out.tokens.contains(&banned));
+
+    let forced = engine.model().tokenize(" banana", false, false)[0];
+    let mut bias = HashMap::new();
+    bias.insert(forced, 100.0);
+    let out = generate(
+        &engine,
+        GenerationRequest {
+            sampling: SamplingParams {
+                logit_bias: bias,
+                temperature: 1.0,
+                seed: Some(3),
+                ..SamplingParams::default()
+            },
+            ..greedy(prompt, 8)
+        },
+    );
+    assert_eq!(out.tokens, vec![forced; 8]);
+}
+
+#[test]
+fn stop_strings_are_cut_across_token_boundaries() {
+    let engine = engine(1);
+    let model = engine.model().clone();
+    let prompt = chat_prompt("Write a short poem about the sea.");
+    let base = generate(&engine, greedy(prompt.clone(), 40));
+    // A stop string made of the end of one token and the start of the next.
+    let (i, stop) = (4..base.tokens.len() - 1)
+        .find_map(|i| {
+            let a = String::from_utf8(model.token_bytes(base.tokens[i]).to_vec()).ok()?;
+            let b = String::from_utf8(model.token_bytes(base.tokens[i + 1]).to_vec()).ok()?;
+            let a_tail: String = a
+                .chars()
+                .rev()
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let b_head: String = b.chars().take(2).collect();
+            (a.chars().count() >= 2 && b.chars().count() >= 2).then(|| (i, a_tail + &b_head))
+        })
+        .expect("the poem has two adjacent tokens of two or more characters");
+    let out = generate(
+        &engine,
+        GenerationRequest {
+            stop: vec![stop.clone()],
+            ..greedy(prompt, 40)
+        },
+    );
+    let cut = base.text.find(&stop).unwrap();
+    assert!(cut <= model.detokenize(&base.tokens[..=i + 1]).len());
+    assert_eq!(out.text, base.text[..cut], "stop {stop:?}");
+    assert_eq!(out.finish_reason, FinishReason::Stop);
+    assert!(!out.text.contains(&stop));
+    assert!(out.deltas.iter().all(|d| !d.contains(&stop)));
+}
+
+#[test]
+fn streamed_text_is_never_broken_utf8() {
+    let engine = engine(1);
+    let model = engine.model().clone();
+    let out = generate(
+        &engine,
+        greedy(
+            chat_prompt("Reply with only these characters, repeated: 🎉🚀 你好世界 こんにちは 😀"),
+            48,
+        ),
+    );
+    let split_tokens = out
+        .tokens
+        .iter()
+        .filter(|&&t| std::str::from_utf8(model.token_bytes(t)).is_err())
+        .count();
+    assert!(
+        split_tokens > 0,
+        "the reply should contain characters split across tokens: {:?}",
+        out.text
+    );
+    assert!(!out.text.contains('\u{fffd}'), "{:?}", out.text);
+    assert!(
+        out.text.chars().any(|c| c as u32 > 0x2e80),
+        "{:?}",
+        out.text
+    );
+    assert_eq!(out.text, model.detokenize(&out.tokens));
+}
+
+#[test]
+fn max_tokens_and_context_limits_end_with_length() {
+    let engine = engine_with(1, 96);
+    let out = generate(
+        &engine,
+        greedy(chat_prompt("Write a long story about a cat."), 5),
+    );
+    assert_eq!(out.usage.completion_tokens, 5);
+    assert_eq!(out.finish_reason, FinishReason::Length);
+
+    let prompt = chat_prompt("Count from one to one hundred in words, please.");
+    let room = 96 - prompt.len();
+    let out = generate(
+        &engine,
+        GenerationRequest {
+            max_tokens: None,
+            sampling: SamplingParams {
+                logit_bias: engine
+                    .model()
+                    .info()
+                    .eog_tokens
+                    .iter()
+                    .map(|&t| (t, -100.0))
+                    .collect(),
+                ..SamplingParams::greedy()
+            },
+            ..greedy(prompt, 0)
+        },
+    );
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert_eq!(out.usage.completion_tokens, room);
+
+    let long: Vec<u32> = std::iter::repeat_n(100, 96).collect();
+    match engine.submit(greedy(long, 4)) {
+        Err(EngineError::ContextLengthExceeded {
+            prompt_tokens: 96,
+            context_tokens: 96,
+        }) => {}
+        other => panic!(
+            "expected context_length_exceeded, got {:?}",
+            other.map(|h| h.id)
+        ),
+    }
+}
+
+#[test]
+fn logprobs_report_the_chosen_token_and_alternatives() {
+    let engine = engine(1);
+    let out = generate(
+        &engine,
+        GenerationRequest {
+            sampling: SamplingParams {
+                top_logprobs: Some(5),
+                ..SamplingParams::greedy()
+            },
+            ..greedy(chat_prompt("What is the capital of Germany?"), 6)
+        },
+    );
+    assert_eq!(out.logprobs.len(), out.tokens.len());
+    for (token, lp) in out.tokens.iter().zip(&out.logprobs) {
+        let lp = lp.as_ref().unwrap();
+        assert_eq!(lp.top.len(), 5);
+        assert_eq!(lp.top[0].0, *token, "greedy picks the most likely token");
+        assert!(lp.logprob <= 0.0);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+}
+
+#[test]
+fn cancelling_frees_the_slot_for_the_next_request() {
+    let engine = engine(1);
+    let long = GenerationRequest {
+        sampling: SamplingParams {
+            logit_bias: engine
+                .model()
+                .info()
+                .eog_tokens
+                .iter()
+                .map(|&t| (t, -100.0))
+                .collect(),
+            ..SamplingParams::greedy()
+        },
+        ..greedy(chat_prompt("Write a very long essay about bread."), 100_000)
+    };
+    let first = engine.submit(long.clone()).unwrap();
+    let waiting = engine.submit(greedy(chat_prompt("Say hi."), 4)).unwrap();
+    assert!(matches!(first.events.recv().unwrap(), Event::Delta { .. }));
+    assert_eq!(engine.stats().running, 1);
+    assert_eq!(engine.stats().waiting, 1);
+    engine.cancel(first.id);
+    let cancelled = collect(first.events);
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    let next = collect(waiting.events);
+    assert_eq!(next.usage.completion_tokens, 4);
+
+    // Dropping a handle cancels too: the slot comes back without anyone calling cancel.
+    let dropped = engine.submit(long).unwrap();
+    assert!(matches!(
+        dropped.events.recv().unwrap(),
+        Event::Delta { .. }
+    ));
+    drop(dropped);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats().running > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped request kept its slot"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = generate(&engine, greedy(chat_prompt("Say hi."), 4));
+    assert_eq!(after.usage.completion_tokens, 4);
+}
+
+#[test]
+fn invalid_requests_are_rejected_with_the_parameter_named() {
+    let engine = engine(1);
+    let err = engine.submit(greedy(vec![], 4)).err().unwrap();
+    assert!(err.to_string().contains("empty"), "{err}");
+    let err = engine
+        .submit(GenerationRequest {
+            sampling: SamplingParams {
+                temperature: -1.0,
+                ..SamplingParams::default()
+            },
+            ..greedy(vec![1, 2, 3], 4)
+        })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("temperature"), "{err}");
+    let err = engine.submit(greedy(vec![999_999], 4)).err().unwrap();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    let err = engine
+        .submit(GenerationRequest {
+            stop: vec!["a".into(), "b".into(), "c".into(), "d".into(), "e".into()],
+            ..greedy(vec![1, 2, 3], 4)
+        })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("stop"), "{err}");
+}

@@ -1,0 +1,131 @@
+//! `hearth bench`: prefill and decode throughput of the engine, printed as a table.
+//!
+//! Shaped like llama.cpp's tools so the numbers compare: prefill is `pp` (one prompt of N
+//! tokens), decode is `tg` after that prompt, and aggregate decode at several concurrent
+//! sequences is llama-batched-bench's S_TG.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use hearth_engine::{Engine, Event, GenerationRequest, SamplingParams};
+
+use crate::cli::BenchArgs;
+use crate::run_cmd::start_engine;
+
+/// Text the synthetic prompts are cut from.
+const PROMPT_SEED: &str = "The history of bread begins in the Neolithic, when people first \
+    ground wild grains between stones and baked the paste on hot rocks. ";
+
+pub fn run(mut args: BenchArgs) -> Result<()> {
+    if args.concurrency.contains(&0) || args.repeat == 0 {
+        bail!("--concurrency values and --repeat must be positive");
+    }
+    let parallel = args.concurrency.iter().copied().max().unwrap_or(1);
+    args.engine.ctx_size = (args.prompt_tokens + args.gen_tokens + 16) as u32;
+    let engine = start_engine(&args.engine, parallel)?;
+    let prompt = synthetic_prompt(&engine, args.prompt_tokens);
+    let threads = engine.config().threads;
+
+    // Warm caches and pages before timing anything.
+    measure(&engine, &prompt[..prompt.len().min(16)], 1, 8)?;
+
+    let prefill = median((0..args.repeat).map(|_| {
+        measure(&engine, &prompt, 1, 1)
+            .map(|r| args.prompt_tokens as f64 / r.first_token.as_secs_f64())
+    }))?;
+    println!(
+        "hearth bench: {} | threads {threads} | prompt {} tokens | {} generated tokens per sequence\n",
+        engine.model().info().path.display(),
+        args.prompt_tokens,
+        args.gen_tokens
+    );
+    println!("| test | tok/s |");
+    println!("|---|---:|");
+    println!("| prefill pp{} | {prefill:.1} |", args.prompt_tokens);
+    for &n in &args.concurrency {
+        let rate = median(
+            (0..args.repeat)
+                .map(|_| measure(&engine, &prompt, n, args.gen_tokens).map(|r| r.decode_rate)),
+        )?;
+        let label = if n == 1 {
+            format!("decode tg{} (1 sequence)", args.gen_tokens)
+        } else {
+            format!("aggregate decode, {n} sequences")
+        };
+        println!("| {label} | {rate:.1} |");
+    }
+    Ok(())
+}
+
+fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
+    let model = engine.model();
+    let mut tokens = Vec::new();
+    while tokens.len() < n {
+        tokens.extend(model.tokenize(PROMPT_SEED, false, false));
+    }
+    tokens.truncate(n);
+    tokens
+}
+
+struct Run {
+    /// Time to the first token of one sequence (prefill plus one sample).
+    first_token: Duration,
+    /// Tokens per second over all sequences once every one of them is decoding.
+    decode_rate: f64,
+}
+
+/// Run `n` identical-length sequences to `gen` tokens each, end-of-turn suppressed.
+fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run> {
+    let mut sampling = SamplingParams::greedy();
+    for &eog in &engine.model().info().eog_tokens {
+        sampling.logit_bias.insert(eog, -100.0);
+    }
+    let (tx, rx) = mpsc::channel::<(usize, Instant, Event)>();
+    let start = Instant::now();
+    for i in 0..n {
+        let tx = tx.clone();
+        engine.submit_with_sink(
+            GenerationRequest {
+                prompt: prompt.to_vec(),
+                sampling: sampling.clone(),
+                max_tokens: Some(gen),
+                stop: vec![],
+            },
+            Box::new(move |event| tx.send((i, Instant::now(), event)).is_ok()),
+        )?;
+    }
+    drop(tx);
+    let mut first: Vec<Option<Instant>> = vec![None; n];
+    let mut tokens_at: Vec<Instant> = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let (i, at, event) = rx.recv()?;
+        match event {
+            Event::Delta { tokens, .. } => {
+                if first[i].is_none() {
+                    first[i] = Some(at);
+                }
+                tokens_at.extend(std::iter::repeat_n(at, tokens.len()));
+            }
+            Event::Done { .. } => done += 1,
+            Event::Error(e) => bail!(e),
+        }
+    }
+    let first_token = first.iter().flatten().min().copied().unwrap_or(start) - start;
+    let all_decoding = first.iter().flatten().max().copied().unwrap_or(start);
+    let end = tokens_at.iter().max().copied().unwrap_or(all_decoding);
+    let after = tokens_at.iter().filter(|&&t| t > all_decoding).count();
+    let span = (end - all_decoding).as_secs_f64();
+    let decode_rate = if span > 0.0 { after as f64 / span } else { 0.0 };
+    Ok(Run {
+        first_token,
+        decode_rate,
+    })
+}
+
+fn median(values: impl Iterator<Item = Result<f64>>) -> Result<f64> {
+    let mut values = values.collect::<Result<Vec<_>>>()?;
+    values.sort_by(f64::total_cmp);
+    Ok(values[values.len() / 2])
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine, then run every test.
+# Tests run in the release profile, so llama.cpp's C++ is compiled once per machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+./scripts/fetch-model.sh
+./scripts/python-env.sh
+export HEARTH_PYTHON="$PWD/.venv/bin/python"
+
+cargo build --release --locked
+cargo test --release --locked --workspace
