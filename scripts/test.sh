@@ -11,3 +11,4 @@ export HEARTH_PYTHON="$PWD/.venv/bin/python"
 
 cargo build --release --locked
 cargo test --release --locked --workspace
+.venv/bin/python -m pytest -q tests/python

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "A local OpenAI-compatible LLM inference server",
     long_about = "hearth runs open-weight GGUF models on your own machine.\n\n\
-                  `hearth run` chats with a model in the terminal; `hearth bench` measures it."
+                  `hearth serve` answers OpenAI API requests; `hearth run` chats in the terminal;\n\
+                  `hearth bench` measures speed."
 )]
 pub struct Cli {
     /// Log filter (e.g. `info`, `hearth=debug`); defaults to `warn`.
@@ -25,10 +26,71 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Chat with a model: one reply to PROMPT, or an interactive chat without one.
     Run(RunArgs),
     /// Measure prefill and decode speed (tokens per second) on a model.
     Bench(BenchArgs),
+    /// Internal: one model's worker process, started by `hearth serve`.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "HEARTH_HOST")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080, env = "HEARTH_PORT")]
+    pub port: u16,
+    /// A model to serve: `PATH` (served under its file stem) or `NAME=PATH`; repeatable.
+    /// The first is also `default`. [default: the default model]
+    #[arg(long, short, env = "HEARTH_MODELS", value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Sequences each worker decodes together.
+    #[arg(long, default_value_t = 4, env = "HEARTH_PARALLEL")]
+    pub parallel: usize,
+    /// Context tokens per sequence (prompt plus reply).
+    #[arg(long, default_value_t = 4096, env = "HEARTH_CTX_SIZE")]
+    pub ctx_size: u32,
+    /// CPU threads per worker [default: all logical CPUs]
+    #[arg(long, env = "HEARTH_THREADS")]
+    pub threads: Option<usize>,
+    /// Layers to offload to the GPU (builds with GPU support only).
+    #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
+    pub gpu_layers: u32,
+    /// Seconds a request may run; past it the client gets 504 and a worker that stopped
+    /// answering is killed.
+    #[arg(long, default_value_t = 600, env = "HEARTH_REQUEST_TIMEOUT")]
+    pub request_timeout: u64,
+    /// Seconds a worker may take to load its model.
+    #[arg(long, default_value_t = 120, env = "HEARTH_LOAD_TIMEOUT")]
+    pub load_timeout: u64,
+    /// Load every model at start-up instead of on first request.
+    #[arg(long, env = "HEARTH_PRELOAD")]
+    pub preload: bool,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30, env = "HEARTH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub model_id: String,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub socket: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub ctx_size: u32,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
 }
 
 /// Where the model is and how the engine runs it.

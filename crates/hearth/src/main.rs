@@ -4,6 +4,8 @@ mod bench_cmd;
 mod cli;
 mod model_path;
 mod run_cmd;
+mod serve_cmd;
+mod worker_cmd;
 
 use clap::Parser;
 
@@ -13,6 +15,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_json);
     let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
+        Command::Worker(args) => worker_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };

@@ -1,0 +1,101 @@
+//! OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` plus an HTTP status.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: &'a ApiError,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &str, code: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: kind.to_owned(),
+            param: None,
+            code: code.map(str::to_owned),
+        }
+    }
+
+    pub fn with_param(mut self, param: Option<&str>) -> Self {
+        self.param = param.map(str::to_owned);
+        self
+    }
+
+    pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::new(400, "invalid_request_error", None, message).with_param(param)
+    }
+
+    pub fn invalid_value(param: &str, message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", Some("invalid_value"), message)
+            .with_param(Some(param))
+    }
+
+    pub fn context_length_exceeded(prompt_tokens: usize, context_tokens: usize) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            format!(
+                "This model's maximum context length is {context_tokens} tokens, \
+                 but the prompt is {prompt_tokens} tokens. Shorten the prompt."
+            ),
+        )
+        .with_param(Some("messages"))
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("The model '{model}' does not exist or is not served here"),
+        )
+        .with_param(Some("model"))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "invalid_request_error", Some("not_found"), message)
+    }
+
+    pub fn worker_failed(message: impl Into<String>) -> Self {
+        Self::new(503, "server_error", Some("worker_unavailable"), message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "server_error", Some("timeout"), message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "server_error", Some("internal_error"), message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "server_error", Some("unavailable"), message)
+    }
+
+    /// The JSON body clients receive.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(Envelope { error: self }).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiError {}

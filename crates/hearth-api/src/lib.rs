@@ -1,0 +1,52 @@
+//! OpenAI wire types for hearth: requests, responses, stream chunks, validation, and the
+//! error type with its JSON body and HTTP status.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod logprobs;
+pub mod models;
+pub mod params;
+
+pub use error::ApiError;
+pub use params::{GenerationParams, StopSpec};
+
+/// Parse a JSON request body; a type error names the parameter it is about.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!("the request body is not valid JSON: {e}"), None)
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+            None,
+        ));
+    }
+    from_value(&value)
+}
+
+/// A request with the sampling fields both endpoints share. They are read in a second pass
+/// rather than with `#[serde(flatten)]`, which would lose the path of a bad value.
+pub fn parse_request<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, params::SamplingFields), ApiError> {
+    let value: serde_json::Value = parse_body(body)?;
+    Ok((from_value(&value)?, from_value(&value)?))
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let param = (path != ".").then_some(path);
+        ApiError::invalid_request(format!("invalid request: {inner}"), param.as_deref())
+    })
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

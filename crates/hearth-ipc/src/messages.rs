@@ -1,0 +1,90 @@
+//! Messages between the orchestrator and a worker.
+
+use hearth_api::logprobs::TokenOutput;
+use hearth_api::{ApiError, GenerationParams};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What to generate from: the worker owns the tokenizer and chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PromptSpec {
+    Chat {
+        messages: Vec<Value>,
+        tools: Option<Vec<Value>>,
+    },
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    Generate {
+        id: u64,
+        prompt: PromptSpec,
+        params: GenerationParams,
+    },
+    Cancel {
+        id: u64,
+    },
+    Ping {
+        nonce: u64,
+    },
+    /// Finish nothing more; exit.
+    Shutdown,
+}
+
+/// Sent once, after the model loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReady {
+    pub pid: u32,
+    pub architecture: String,
+    pub vocab_size: u32,
+    /// Context tokens per sequence.
+    pub context_per_slot: u32,
+    pub slots: usize,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub running: usize,
+    pub waiting: usize,
+    pub slots: usize,
+    pub kv_used: usize,
+    pub kv_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Ready(WorkerReady),
+    /// The request passed validation and was queued; `prompt_tokens` is its length.
+    Accepted {
+        id: u64,
+        prompt_tokens: usize,
+    },
+    Delta {
+        id: u64,
+        text: String,
+        tokens: Vec<TokenOutput>,
+    },
+    Done {
+        id: u64,
+        finish_reason: String,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    /// The request failed; `status` is the HTTP status the client should see.
+    Failed {
+        id: u64,
+        status: u16,
+        error: ApiError,
+    },
+    Pong {
+        nonce: u64,
+        status: WorkerStatus,
+    },
+    /// The worker cannot serve (the model failed to load) and is exiting.
+    Fatal {
+        message: String,
+    },
+}

@@ -1,0 +1,139 @@
+//! `POST /v1/chat/completions`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_api::chat::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage,
+};
+use hearth_api::logprobs::{ChatLogprobs, TokenOutput};
+use hearth_api::{parse_request, unix_now};
+use hearth_ipc::PromptSpec;
+use serde_json::{json, Value};
+
+use super::stream::{collect, sse, ChunkFormat};
+use crate::error::HttpError;
+use crate::generate::start;
+use crate::ids::{chat_completion_id, system_fingerprint};
+use crate::state::AppState;
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let (mut request, sampling) = parse_request::<ChatCompletionRequest>(&body)?;
+    request.sampling = sampling;
+    let params = request.params()?;
+    let n = request.sampling.choices()?;
+    let messages = request.template_messages()?;
+    let model = state.models.resolve(&request.model)?;
+    let choices = (0..n)
+        .map(|i| {
+            let prompt = PromptSpec::Chat {
+                messages: messages.clone(),
+                tools: request.tools.clone(),
+            };
+            (prompt, params.for_choice(i))
+        })
+        .collect();
+    let started = start(&state, &model, choices, n as usize).await?;
+    let meta = Meta {
+        id: chat_completion_id(),
+        created: unix_now(),
+        model: request.model.clone(),
+        fingerprint: system_fingerprint(),
+        logprobs: params.top_logprobs.is_some(),
+    };
+    if request.sampling.streaming() {
+        return Ok(sse(started, meta, request.sampling.include_usage()));
+    }
+    let (results, usage) = collect(started).await?;
+    let choices = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| ChatChoice {
+            index: index as u32,
+            logprobs: meta.logprobs.then(|| ChatLogprobs::from_tokens(&r.tokens)),
+            message: AssistantMessage {
+                role: "assistant".into(),
+                content: r.text,
+            },
+            finish_reason: Some(r.finish_reason),
+        })
+        .collect();
+    Ok(Json(ChatCompletion {
+        id: meta.id,
+        object: "chat.completion".into(),
+        created: meta.created,
+        model: meta.model,
+        system_fingerprint: meta.fingerprint,
+        choices,
+        usage,
+    })
+    .into_response())
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    logprobs: bool,
+}
+
+impl Meta {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+        })
+    }
+}
+
+impl ChunkFormat for Meta {
+    fn opening(&self, index: usize) -> Option<Value> {
+        Some(self.chunk(json!([{
+            "index": index,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": null,
+            "finish_reason": null,
+        }])))
+    }
+
+    fn delta(&mut self, index: usize, text: &str, tokens: &[TokenOutput]) -> Option<Value> {
+        if text.is_empty() && (tokens.is_empty() || !self.logprobs) {
+            return None;
+        }
+        let logprobs = if self.logprobs {
+            json!(ChatLogprobs::from_tokens(tokens))
+        } else {
+            Value::Null
+        };
+        Some(self.chunk(json!([{
+            "index": index,
+            "delta": {"content": text},
+            "logprobs": logprobs,
+            "finish_reason": null,
+        }])))
+    }
+
+    fn finish(&self, index: usize, finish_reason: &str) -> Value {
+        self.chunk(json!([{
+            "index": index,
+            "delta": {},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }]))
+    }
+
+    fn usage(&self, usage: Usage) -> Value {
+        let mut chunk = self.chunk(json!([]));
+        chunk["usage"] = json!(usage);
+        chunk
+    }
+}

@@ -1,0 +1,24 @@
+//! The HTTP surface: one module per endpoint.
+
+mod chat;
+mod completions;
+mod health;
+mod models;
+mod stream;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(health::not_found)
+        .with_state(state)
+}

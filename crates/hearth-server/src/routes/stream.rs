@@ -1,0 +1,176 @@
+//! Turning a started request into a response: collected JSON, or OpenAI-style SSE
+//! (`data: {chunk}` events, `data: [DONE]` at the end, comment keep-alives while waiting).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use hearth_api::chat::Usage;
+use hearth_api::logprobs::TokenOutput;
+use hearth_api::ApiError;
+use serde_json::Value;
+
+use crate::generate::Started;
+use crate::worker::WorkerEvent;
+
+/// Comment lines keep proxies and clients from timing out while a long prompt is read.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// One finished choice.
+#[derive(Debug, Default)]
+pub struct ChoiceResult {
+    pub text: String,
+    pub tokens: Vec<TokenOutput>,
+    pub finish_reason: String,
+    pub completion_tokens: usize,
+}
+
+/// Wait for every choice; the first error wins.
+pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage), ApiError> {
+    let mut results: Vec<ChoiceResult> = (0..started.choices())
+        .map(|_| ChoiceResult::default())
+        .collect();
+    while let Some((index, event)) = started.next().await? {
+        let result = &mut results[index];
+        match event {
+            WorkerEvent::Accepted { .. } => {}
+            WorkerEvent::Delta { text, tokens } => {
+                result.text.push_str(&text);
+                result.tokens.extend(tokens);
+            }
+            WorkerEvent::Done {
+                finish_reason,
+                completion_tokens,
+                ..
+            } => {
+                result.finish_reason = finish_reason;
+                result.completion_tokens = completion_tokens;
+            }
+            WorkerEvent::Failed(error) => return Err(error),
+        }
+    }
+    let completion = results.iter().map(|r| r.completion_tokens).sum();
+    Ok((
+        results,
+        Usage::new(started.usage_prompt_tokens(), completion),
+    ))
+}
+
+/// The shape of one endpoint's stream chunks.
+pub trait ChunkFormat: Send + 'static {
+    /// Sent for each choice before its first token (chat: the role).
+    fn opening(&self, index: usize) -> Option<Value>;
+    /// New text and the tokens behind it; `None` sends nothing.
+    fn delta(&mut self, index: usize, text: &str, tokens: &[TokenOutput]) -> Option<Value>;
+    fn finish(&self, index: usize, finish_reason: &str) -> Value;
+    fn usage(&self, usage: Usage) -> Value;
+}
+
+struct Driver<F> {
+    started: Started,
+    format: F,
+    include_usage: bool,
+    queue: VecDeque<Event>,
+    opened: bool,
+    finished: bool,
+    completion_tokens: usize,
+}
+
+pub fn sse<F: ChunkFormat>(started: Started, format: F, include_usage: bool) -> Response {
+    let driver = Driver {
+        started,
+        format,
+        include_usage,
+        queue: VecDeque::new(),
+        opened: false,
+        finished: false,
+        completion_tokens: 0,
+    };
+    let stream = futures_util::stream::unfold(driver, |mut driver| async move {
+        driver
+            .next_event()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), driver))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+impl<F: ChunkFormat> Driver<F> {
+    fn push(&mut self, mut chunk: Value) {
+        // With include_usage, OpenAI sends `"usage": null` on every chunk but the last.
+        if self.include_usage {
+            if let Some(object) = chunk.as_object_mut() {
+                object.entry("usage").or_insert(Value::Null);
+            }
+        }
+        self.queue
+            .push_back(Event::default().data(chunk.to_string()));
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if self.finished {
+                return None;
+            }
+            if !self.opened {
+                self.opened = true;
+                for index in 0..self.started.choices() {
+                    if let Some(chunk) = self.format.opening(index) {
+                        self.push(chunk);
+                    }
+                }
+                continue;
+            }
+            match self.started.next().await {
+                Ok(Some((index, event))) => self.on_event(index, event),
+                Ok(None) => {
+                    if self.include_usage {
+                        let usage =
+                            Usage::new(self.started.usage_prompt_tokens(), self.completion_tokens);
+                        let chunk = self.format.usage(usage);
+                        self.push(chunk);
+                    }
+                    self.queue.push_back(Event::default().data("[DONE]"));
+                    self.finished = true;
+                }
+                Err(error) => self.fail(error),
+            }
+        }
+    }
+
+    fn on_event(&mut self, index: usize, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Accepted { .. } => {}
+            WorkerEvent::Delta { text, tokens } => {
+                if let Some(chunk) = self.format.delta(index, &text, &tokens) {
+                    self.push(chunk);
+                }
+            }
+            WorkerEvent::Done {
+                finish_reason,
+                completion_tokens,
+                ..
+            } => {
+                self.completion_tokens += completion_tokens;
+                let chunk = self.format.finish(index, &finish_reason);
+                self.push(chunk);
+            }
+            WorkerEvent::Failed(error) => self.fail(error),
+        }
+    }
+
+    /// An error after the stream began: one error event, then the stream ends.
+    fn fail(&mut self, error: ApiError) {
+        tracing::warn!(%error, "stream ended with an error");
+        self.queue
+            .push_back(Event::default().data(error.body().to_string()));
+        self.finished = true;
+    }
+}

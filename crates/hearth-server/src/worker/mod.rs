@@ -1,0 +1,172 @@
+//! One worker process: start it, talk to it, notice when it dies, kill it when it hangs.
+
+mod connection;
+mod group;
+mod spawn;
+
+pub use group::{GroupError, RequestGroup};
+pub use spawn::spawn_worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_api::logprobs::TokenOutput;
+use hearth_api::{ApiError, GenerationParams};
+use hearth_ipc::{PromptSpec, ToWorker, WorkerReady, WorkerStatus};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a worker has to answer a ping before it counts as hung.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the orchestrator hears about one request.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    Accepted {
+        prompt_tokens: usize,
+    },
+    Delta {
+        text: String,
+        tokens: Vec<TokenOutput>,
+    },
+    Done {
+        finish_reason: String,
+        completion_tokens: usize,
+    },
+    Failed(ApiError),
+}
+
+impl WorkerEvent {
+    pub fn is_final(&self) -> bool {
+        matches!(self, WorkerEvent::Done { .. } | WorkerEvent::Failed(_))
+    }
+}
+
+/// Where a request's events go: its group's channel, tagged with its choice index.
+type Route = (usize, mpsc::UnboundedSender<(usize, WorkerEvent)>);
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    routes: Mutex<HashMap<u64, Route>>,
+    pings: Mutex<HashMap<u64, oneshot::Sender<WorkerStatus>>>,
+    alive: AtomicBool,
+    /// Set before a hung worker is killed, so its requests get 504 rather than 503.
+    hung: AtomicBool,
+}
+
+impl Shared {
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Route>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<WorkerStatus>>> {
+        self.pings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection is gone: every request still routed here ends with an error.
+    pub(crate) fn fail_all(&self, model: &str) {
+        self.alive.store(false, Ordering::SeqCst);
+        let error = if self.hung.load(Ordering::SeqCst) {
+            ApiError::timeout(format!(
+                "the worker for model '{model}' stopped responding and was killed"
+            ))
+        } else {
+            ApiError::worker_failed(format!(
+                "the worker for model '{model}' exited unexpectedly; retry the request"
+            ))
+        };
+        for (_, (index, route)) in self.lock_routes().drain() {
+            let _ = route.send((index, WorkerEvent::Failed(error.clone())));
+        }
+        self.lock_pings().clear();
+    }
+}
+
+pub struct Worker {
+    pub model_id: String,
+    pub pid: u32,
+    pub ready: WorkerReady,
+    outbox: mpsc::UnboundedSender<ToWorker>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl Worker {
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Start one sequence per (prompt, params); their events arrive on one channel.
+    pub fn generate(
+        self: &Arc<Self>,
+        choices: Vec<(PromptSpec, GenerationParams)>,
+    ) -> Result<RequestGroup, ApiError> {
+        if !self.is_alive() {
+            return Err(ApiError::worker_failed(format!(
+                "the worker for model '{}' is not running; retry the request",
+                self.model_id
+            )));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut ids = Vec::with_capacity(choices.len());
+        for (index, (prompt, params)) in choices.into_iter().enumerate() {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            self.shared.lock_routes().insert(id, (index, tx.clone()));
+            ids.push(id);
+            if self
+                .outbox
+                .send(ToWorker::Generate { id, prompt, params })
+                .is_err()
+            {
+                self.shared.fail_all(&self.model_id);
+            }
+        }
+        Ok(RequestGroup::new(self.clone(), ids, rx))
+    }
+
+    /// Stop a request; the worker frees its slot at the next step.
+    pub fn cancel(&self, id: u64) {
+        if self.shared.lock_routes().remove(&id).is_some() {
+            let _ = self.outbox.send(ToWorker::Cancel { id });
+        }
+    }
+
+    /// The worker's answer to a ping, or `None` if it gave none within `PING_TIMEOUT`.
+    pub async fn ping(&self) -> Option<WorkerStatus> {
+        let nonce = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock_pings().insert(nonce, tx);
+        if self.outbox.send(ToWorker::Ping { nonce }).is_err() {
+            return None;
+        }
+        let answer = tokio::time::timeout(PING_TIMEOUT, rx).await.ok()?.ok();
+        self.shared.lock_pings().remove(&nonce);
+        answer
+    }
+
+    /// Kill the worker if it no longer answers pings. Returns true if it was killed.
+    pub async fn kill_if_hung(&self) -> bool {
+        if !self.is_alive() || self.ping().await.is_some() {
+            return false;
+        }
+        tracing::error!(model = %self.model_id, pid = self.pid, "worker stopped responding; killing it");
+        self.shared.hung.store(true, Ordering::SeqCst);
+        self.kill();
+        // Dead from now on: the next request must get a fresh worker, not this one.
+        self.shared.fail_all(&self.model_id);
+        true
+    }
+
+    /// SIGKILL; the task that owns the child reaps it.
+    pub fn kill(&self) {
+        self.shared.alive.store(false, Ordering::SeqCst);
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Ask the worker to exit.
+    pub fn shutdown(&self) {
+        let _ = self.outbox.send(ToWorker::Shutdown);
+    }
+}

@@ -1,0 +1,154 @@
+//! A real `hearth serve` on a free port with the default model, for integration tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start with the default model under the id `smol`, plus any extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let model = format!("smol={}", model_path().display());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--threads",
+                "2",
+                "--ctx-size",
+                "1024",
+                "--model",
+                &model,
+            ])
+            .args(extra)
+            .env("HEARTH_LOG", "hearth=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hearth binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server printed its address");
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST JSON; returns (status, body) for success and error statuses alike.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        response(ureq::post(&self.url(path)).send_json(body.clone()))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        response(ureq::get(&self.url(path)).call())
+    }
+
+    /// POST a streaming request and return the raw SSE body.
+    pub fn stream_raw(&self, path: &str, body: &Value) -> String {
+        let response = ureq::post(&self.url(path)).send_json(body.clone()).unwrap();
+        assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        let mut text = String::new();
+        response.into_reader().read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The pid of the worker serving `model`, from /health/ready.
+    pub fn worker_pid(&self, model: &str) -> Option<u32> {
+        let (_, body) = self.get("/health/ready");
+        body["models"][model]["pid"].as_u64().map(|p| p as u32)
+    }
+
+    pub fn worker_running(&self, model: &str) -> Option<u64> {
+        let (_, body) = self.get("/health/ready");
+        body["models"][model]["running"].as_u64()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match result {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").map(str::to_owned))
+        })
+        .collect()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state is 'Z'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

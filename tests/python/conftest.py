@@ -1,0 +1,49 @@
+"""Start a real `hearth serve` with the default model for the SDK tests."""
+import os
+import pathlib
+import re
+import subprocess
+import threading
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = ROOT / "target" / "release" / "hearth"
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Server:
+    def __init__(self, *extra):
+        self.process = subprocess.Popen(
+            [str(BINARY), "serve", "--port", "0", "--threads", "2", "--ctx-size", "1024",
+             "--parallel", "8", "--model", f"smol={MODEL}", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HEARTH_LOG": "warn"},
+        )
+        ready = threading.Event()
+        self.base_url = None
+
+        def read_stderr():
+            for line in self.process.stderr:
+                match = re.search(r"listening on (http://\S+)", line)
+                if match and not ready.is_set():
+                    self.base_url = match.group(1) + "/v1"
+                    ready.set()
+        threading.Thread(target=read_stderr, daemon=True).start()
+        if not ready.wait(60):
+            self.process.kill()
+            raise RuntimeError("hearth did not start")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server("--preload")
+    yield s
+    s.stop()
