@@ -18,7 +18,6 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
     pub tools: Option<Vec<Value>>,
-    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,23 +72,6 @@ impl ChatCompletionRequest {
             (true, n) => Some(n.unwrap_or(0) as usize),
             (false, None) => None,
         };
-        if let Some(format) = &self.response_format {
-            match format.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                Some(other) => {
-                    return Err(ApiError::invalid_value(
-                        "response_format",
-                        format!("response_format type '{other}' is not supported yet"),
-                    ))
-                }
-                None => {
-                    return Err(ApiError::invalid_value(
-                        "response_format",
-                        "response_format needs a type",
-                    ))
-                }
-            }
-        }
         let max = self.max_completion_tokens.or(self.sampling.max_tokens);
         let param = if self.max_completion_tokens.is_some() {
             "max_completion_tokens"

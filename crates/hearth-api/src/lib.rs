@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod completions;
 pub mod error;
+pub mod format;
 pub mod logprobs;
 pub mod models;
 pub mod params;

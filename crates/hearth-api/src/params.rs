@@ -59,6 +59,8 @@ pub struct SamplingFields {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// `text`, `json_object` or `json_schema`.
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// One sequence's generation settings, validated.
@@ -77,6 +79,8 @@ pub struct GenerationParams {
     pub top_logprobs: Option<usize>,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// Structured output; `None` is free text.
+    pub json: Option<crate::format::JsonFormat>,
 }
 
 fn in_range(
@@ -183,6 +187,7 @@ impl SamplingFields {
             top_logprobs,
             max_tokens: max_tokens.map(|m| m as usize),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            json: crate::format::parse_response_format(self.response_format.as_ref())?,
         })
     }
 

@@ -17,6 +17,7 @@ use crate::model::Model;
 use crate::request::{Event, GenerationRequest, RequestId};
 use crate::scheduler::{Command, Scheduler, Submission};
 use crate::stop::MAX_STOP_STRINGS;
+use crate::structured::Constraint;
 
 /// Receives a request's events on the engine thread. Returning `false` means nobody is
 /// listening any more: the engine cancels the request and frees its slot.
@@ -69,6 +70,18 @@ pub struct StatsSnapshot {
     pub slots: usize,
     pub kv_used: usize,
     pub kv_capacity: usize,
+}
+
+/// A validated request with its compiled constraint, ready to submit.
+pub struct PreparedRequest {
+    request: GenerationRequest,
+    constraint: Option<Constraint>,
+}
+
+impl PreparedRequest {
+    pub fn prompt_len(&self) -> usize {
+        self.request.prompt.len()
+    }
 }
 
 /// A request in flight: its id (for `Engine::cancel`) and its events.
@@ -168,22 +181,47 @@ impl Engine {
             .map_err(EngineError::InvalidRequest)
     }
 
+    /// Validate a request and compile its output grammar, without submitting it: everything
+    /// that can reject a request happens here, before a caller tells its client "accepted".
+    pub fn prepare(&self, request: GenerationRequest) -> Result<PreparedRequest> {
+        self.validate(&request)?;
+        // Compiled on the caller's thread, so a slow schema never stalls decoding.
+        let constraint = match &request.format {
+            Some(format) => Some(self.model.grammars()?.matcher(format)?),
+            None => None,
+        };
+        Ok(PreparedRequest {
+            request,
+            constraint,
+        })
+    }
+
+    /// Submit a prepared request; its events go to `sink` on the engine thread.
+    pub fn submit_prepared(&self, prepared: PreparedRequest, sink: EventSink) -> Result<RequestId> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .send(Command::Submit(Box::new(Submission {
+                id,
+                request: prepared.request,
+                constraint: prepared.constraint,
+                sink,
+            })))
+            .map_err(|_| {
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                EngineError::EngineStopped
+            })?;
+        Ok(id)
+    }
+
     /// Submit a request; its events go to `sink` on the engine thread.
     pub fn submit_with_sink(
         &self,
         request: GenerationRequest,
         sink: EventSink,
     ) -> Result<RequestId> {
-        self.validate(&request)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        self.commands
-            .send(Command::Submit(Submission { id, request, sink }))
-            .map_err(|_| {
-                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                EngineError::EngineStopped
-            })?;
-        Ok(id)
+        let prepared = self.prepare(request)?;
+        self.submit_prepared(prepared, sink)
     }
 
     /// Submit a request; its events arrive on the handle's channel. Dropping the handle

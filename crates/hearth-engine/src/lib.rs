@@ -11,15 +11,18 @@ mod request;
 pub mod sampling;
 mod scheduler;
 pub mod stop;
+mod structured;
 mod template;
 
 pub use engine::{
-    default_threads, Engine, EngineConfig, EngineStats, EventSink, RequestHandle, StatsSnapshot,
+    default_threads, Engine, EngineConfig, EngineStats, EventSink, PreparedRequest, RequestHandle,
+    StatsSnapshot,
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo};
 pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
 pub use sampling::{SamplingParams, TokenLogprobs};
+pub use structured::{Constraint, GrammarCompiler, OutputFormat, GRAMMAR_CACHE_CAPACITY};
 pub use template::{ChatTemplate, TemplateInput};
 
 /// The chat template stored in a model, ready to render.

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::backend::backend;
 use crate::error::{EngineError, Result};
+use crate::structured::GrammarCompiler;
 
 /// GGUF files start with these four bytes.
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -49,6 +50,8 @@ pub struct Model {
     info: ModelInfo,
     /// Byte text of each token id (special tokens render as their text), computed once.
     pieces: Vec<Vec<u8>>,
+    /// Built on the first structured-output request.
+    grammars: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -71,6 +74,7 @@ impl Model {
             llama,
             info,
             pieces,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -104,6 +108,16 @@ impl Model {
             .flat_map(|&t| self.token_bytes(t).iter().copied())
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The structured-output compiler for this model's vocabulary.
+    pub fn grammars(&self) -> Result<&GrammarCompiler> {
+        self.grammars
+            .get_or_init(|| {
+                GrammarCompiler::new(&self.llama, &self.info.eog_tokens).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EngineError::ContextFailed(e.clone()))
     }
 
     pub fn is_eog(&self, token: u32) -> bool {

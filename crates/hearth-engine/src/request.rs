@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::sampling::{SamplingParams, TokenLogprobs};
+use crate::structured::OutputFormat;
 
 /// Identifies a submitted request for cancellation.
 pub type RequestId = u64;
@@ -17,6 +18,9 @@ pub struct GenerationRequest {
     pub max_tokens: Option<usize>,
     /// Up to four stop strings; text is cut before the first match.
     pub stop: Vec<String>,
+    /// Constrain the output to JSON (grammar-masked decoding).
+    #[serde(default)]
+    pub format: Option<OutputFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

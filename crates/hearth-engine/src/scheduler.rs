@@ -18,9 +18,10 @@ use crate::model::Model;
 use crate::request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
+use crate::structured::Constraint;
 
 pub(crate) enum Command {
-    Submit(Submission),
+    Submit(Box<Submission>),
     Cancel(RequestId),
     Shutdown,
 }
@@ -28,6 +29,7 @@ pub(crate) enum Command {
 pub(crate) struct Submission {
     pub id: RequestId,
     pub request: GenerationRequest,
+    pub constraint: Option<Constraint>,
     pub sink: EventSink,
 }
 
@@ -47,6 +49,7 @@ struct Sequence {
     sampler: Sampler,
     decoder: Utf8Decoder,
     stop: StopMatcher,
+    constraint: Option<Constraint>,
     sink: EventSink,
     /// Index of this sequence's logits in the current batch.
     logits_at: Option<i32>,
@@ -69,6 +72,8 @@ enum Outcome {
     Finished(FinishReason),
     /// The sink is gone: nobody to tell.
     Abandoned,
+    /// An error event was sent; the sequence ends.
+    Failed,
 }
 
 impl<'m> Scheduler<'m> {
@@ -127,7 +132,7 @@ impl<'m> Scheduler<'m> {
     /// Returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Submit(submission) => self.waiting.push_back(submission),
+            Command::Submit(submission) => self.waiting.push_back(*submission),
             Command::Cancel(id) => self.cancel(id),
             Command::Shutdown => return false,
         }
@@ -167,7 +172,12 @@ impl<'m> Scheduler<'m> {
             };
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             let slot = self.free_slots.pop().expect("checked non-empty");
-            let Submission { id, request, sink } = submission;
+            let Submission {
+                id,
+                request,
+                constraint,
+                sink,
+            } = submission;
             let room = self.context_per_slot - request.prompt.len();
             let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
             let sampler = Sampler::new(
@@ -187,6 +197,7 @@ impl<'m> Scheduler<'m> {
                 sampler,
                 decoder: Utf8Decoder::default(),
                 stop: StopMatcher::new(request.stop),
+                constraint,
                 sink,
                 logits_at: None,
             });
@@ -248,8 +259,26 @@ impl<'m> Scheduler<'m> {
                 continue;
             };
             let logits = self.context.get_logits_ith(at);
-            let (token, logprobs) = seq.sampler.sample(logits, None);
-            match advance(self.model, seq, token, logprobs) {
+            let sampled = match seq.constraint.as_mut() {
+                None => Ok(seq.sampler.sample(logits, None)),
+                Some(constraint) => constraint.compute_mask().and_then(|()| {
+                    let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
+                    constraint.accept(token).map(|()| (token, logprobs))
+                }),
+            };
+            let outcome = match sampled {
+                Ok((token, logprobs)) => advance(self.model, seq, token, logprobs),
+                Err(error) => {
+                    let delivered =
+                        (seq.sink)(Event::Error(format!("structured output failed: {error}")));
+                    if delivered {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Abandoned
+                    }
+                }
+            };
+            match outcome {
                 Outcome::Continue => index += 1,
                 Outcome::Finished(reason) => {
                     let mut seq = self.running.swap_remove(index);
@@ -260,7 +289,7 @@ impl<'m> Scheduler<'m> {
                     });
                     self.release(seq);
                 }
-                Outcome::Abandoned => {
+                Outcome::Abandoned | Outcome::Failed => {
                     let seq = self.running.swap_remove(index);
                     self.release(seq);
                 }

@@ -116,6 +116,7 @@ fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
         },
         max_tokens: Some(32),
         stop: vec![],
+        format: None,
     };
     let a = generate(&engine, sampled(11));
     let b = generate(&engine, sampled(11));
@@ -385,4 +386,67 @@ fn invalid_requests_are_rejected_with_the_parameter_named() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("stop"), "{err}");
+}
+
+#[test]
+fn structured_output_is_valid_json_and_grammars_are_cached() {
+    let engine = engine(2);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "people": {"type": "integer", "minimum": 0}},
+        "required": ["city", "people"],
+        "additionalProperties": false
+    });
+    let before = engine.model().grammars().unwrap().cached();
+    for (format, seed) in [
+        (hearth_engine::OutputFormat::JsonObject, None),
+        (
+            hearth_engine::OutputFormat::JsonSchema(schema.clone()),
+            None,
+        ),
+        (
+            hearth_engine::OutputFormat::JsonSchema(schema.clone()),
+            Some(9),
+        ),
+    ] {
+        let sampling = match seed {
+            None => SamplingParams::greedy(),
+            Some(seed) => SamplingParams {
+                seed: Some(seed),
+                ..SamplingParams::default()
+            },
+        };
+        let out = generate(
+            &engine,
+            GenerationRequest {
+                sampling,
+                format: Some(format.clone()),
+                ..greedy(
+                    chat_prompt("Describe the biggest city of Germany in JSON."),
+                    200,
+                )
+            },
+        );
+        assert_eq!(out.finish_reason, FinishReason::Stop, "{}", out.text);
+        let value: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+        assert!(value.is_object());
+        if let hearth_engine::OutputFormat::JsonSchema(_) = format {
+            assert!(
+                value["city"].is_string() && value["people"].is_u64(),
+                "{value}"
+            );
+            assert_eq!(value.as_object().unwrap().len(), 2);
+        }
+    }
+    // json_object and the schema: two compiled grammars, the repeat came from the cache.
+    assert_eq!(engine.model().grammars().unwrap().cached(), before + 2);
+    let bad = hearth_engine::OutputFormat::JsonSchema(serde_json::json!({"$ref": "#/$defs/nope"}));
+    let err = engine
+        .submit(GenerationRequest {
+            format: Some(bad),
+            ..greedy(chat_prompt("hi"), 5)
+        })
+        .err()
+        .unwrap();
+    assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
 }

@@ -21,7 +21,7 @@ pub enum ToWorker {
     Generate {
         id: u64,
         prompt: PromptSpec,
-        params: GenerationParams,
+        params: Box<GenerationParams>,
     },
     Cancel {
         id: u64,

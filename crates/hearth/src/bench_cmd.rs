@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use hearth_engine::{Engine, Event, GenerationRequest, SamplingParams};
 
 use crate::cli::BenchArgs;
+use crate::http_bench;
 use crate::run_cmd::start_engine;
 
 /// Text the synthetic prompts are cut from.
@@ -55,6 +56,32 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         };
         println!("| {label} | {rate:.1} |");
     }
+    if args.http {
+        let alone =
+            median((0..args.repeat).map(|_| measure(&engine, &prompt, 1, args.gen_tokens)))?;
+        let eog = engine.model().info().eog_tokens.clone();
+        let model_path = engine.model().info().path.clone();
+        drop(engine);
+        let through = http_bench::measure(&model_path, threads, &prompt, &eog, &args)?;
+        println!("\nsingle stream, engine alone vs through `hearth serve` (HTTP streaming, /v1/completions):\n");
+        println!("| path | time to first token (ms) | decode tok/s |");
+        println!("|---|---:|---:|");
+        println!(
+            "| engine in-process | {:.1} | {:.1} |",
+            alone.first_token.as_secs_f64() * 1e3,
+            alone.decode_rate
+        );
+        println!(
+            "| HTTP stream via orchestrator + worker | {:.1} | {:.1} |",
+            through.first_token.as_secs_f64() * 1e3,
+            through.decode_rate
+        );
+        println!(
+            "\nratio decode {:.3}x, TTFT overhead {:+.1} ms",
+            through.decode_rate / alone.decode_rate,
+            (through.first_token.as_secs_f64() - alone.first_token.as_secs_f64()) * 1e3
+        );
+    }
     Ok(())
 }
 
@@ -68,11 +95,11 @@ fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
     tokens
 }
 
-struct Run {
+pub struct Run {
     /// Time to the first token of one sequence (prefill plus one sample).
-    first_token: Duration,
+    pub first_token: Duration,
     /// Tokens per second over all sequences once every one of them is decoding.
-    decode_rate: f64,
+    pub decode_rate: f64,
 }
 
 /// Run `n` identical-length sequences to `gen` tokens each, end-of-turn suppressed.
@@ -91,6 +118,7 @@ fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run>
                 sampling: sampling.clone(),
                 max_tokens: Some(gen),
                 stop: vec![],
+                format: None,
             },
             Box::new(move |event| tx.send((i, Instant::now(), event)).is_ok()),
         )?;
@@ -124,8 +152,25 @@ fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run>
     })
 }
 
-fn median(values: impl Iterator<Item = Result<f64>>) -> Result<f64> {
+/// The median of repeated runs (by value, or for `Run`s by decode rate).
+fn median<T: Median>(values: impl Iterator<Item = Result<T>>) -> Result<T> {
     let mut values = values.collect::<Result<Vec<_>>>()?;
-    values.sort_by(f64::total_cmp);
-    Ok(values[values.len() / 2])
+    values.sort_by(|a, b| a.key().total_cmp(&b.key()));
+    Ok(values.swap_remove(values.len() / 2))
+}
+
+trait Median {
+    fn key(&self) -> f64;
+}
+
+impl Median for f64 {
+    fn key(&self) -> f64 {
+        *self
+    }
+}
+
+impl Median for Run {
+    fn key(&self) -> f64 {
+        self.decode_rate
+    }
 }

@@ -176,4 +176,7 @@ pub struct BenchArgs {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Also measure one stream through `hearth serve` over HTTP, against the engine alone.
+    #[arg(long)]
+    pub http: bool,
 }

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod cli;
+mod http_bench;
 mod model_path;
 mod run_cmd;
 mod serve_cmd;

@@ -140,6 +140,7 @@ fn stream_reply(
         sampling: sampling.clone(),
         max_tokens: Some(args.max_tokens),
         stop: args.stop.clone(),
+        format: None,
     })?;
     let mut stdout = std::io::stdout();
     let mut reply = String::new();

@@ -7,11 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use hearth_api::format::JsonFormat;
 use hearth_api::logprobs::{TokenOutput, TopToken};
 use hearth_api::{ApiError, GenerationParams};
 use hearth_engine::{
     model_chat_template, ChatTemplate, Engine, EngineConfig, EngineError, Event, GeneratedToken,
-    GenerationRequest, LoadOptions, Model, RequestId, SamplingParams, TemplateInput,
+    GenerationRequest, LoadOptions, Model, OutputFormat, RequestId, SamplingParams, TemplateInput,
 };
 use hearth_ipc::{
     read_frame, write_frame, FromWorker, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
@@ -62,7 +63,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     // The orchestrator closing the socket is our signal to exit.
     while let Some(message) = read_frame::<_, ToWorker>(&mut reader)? {
         match message {
-            ToWorker::Generate { id, prompt, params } => worker.generate(id, prompt, params),
+            ToWorker::Generate { id, prompt, params } => worker.generate(id, prompt, *params),
             ToWorker::Cancel { id } => worker.cancel(id),
             ToWorker::Ping { nonce } => worker.pong(nonce),
             ToWorker::Shutdown => break,
@@ -168,15 +169,25 @@ impl Worker {
             },
             max_tokens: params.max_tokens,
             stop: params.stop,
+            format: params.json.map(|json| match json {
+                JsonFormat::Object => OutputFormat::JsonObject,
+                JsonFormat::Schema(schema) => OutputFormat::JsonSchema(schema),
+            }),
         };
-        self.engine
-            .validate(&request)
-            .map_err(|e| engine_error(e, "prompt"))?;
+        let param = if request.format.is_some() {
+            "response_format"
+        } else {
+            "prompt"
+        };
+        let prepared = self
+            .engine
+            .prepare(request)
+            .map_err(|e| engine_error(e, param))?;
         send(
             &self.outbox,
             &FromWorker::Accepted {
                 id,
-                prompt_tokens: request.prompt.len(),
+                prompt_tokens: prepared.prompt_len(),
             },
         );
         let outbox = self.outbox.clone();
@@ -219,7 +230,7 @@ impl Worker {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         let engine_id = self
             .engine
-            .submit_with_sink(request, sink)
+            .submit_prepared(prepared, sink)
             .map_err(|e| engine_error(e, "prompt"))?;
         ids.insert(id, engine_id);
         Ok(())

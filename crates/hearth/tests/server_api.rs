@@ -88,6 +88,7 @@ fn completions_equal_the_engines_greedy_output() {
             sampling: hearth_engine::SamplingParams::greedy(),
             max_tokens: Some(24),
             stop: vec![],
+            format: None,
         })
         .unwrap();
     let mut text = String::new();

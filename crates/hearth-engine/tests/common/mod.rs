@@ -65,6 +65,7 @@ pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerationRequest {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(max_tokens),
         stop: vec![],
+        format: None,
     }
 }
 

@@ -116,7 +116,11 @@ impl Worker {
             ids.push(id);
             if self
                 .outbox
-                .send(ToWorker::Generate { id, prompt, params })
+                .send(ToWorker::Generate {
+                    id,
+                    prompt,
+                    params: Box::new(params),
+                })
                 .is_err()
             {
                 self.shared.fail_all(&self.model_id);

@@ -1,0 +1,119 @@
+//! `response_format`: text, any JSON object, or JSON matching a schema — with the size and
+//! depth limits that keep grammar compilation bounded.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Largest schema accepted, serialised (as the seed's 3.2.0 did).
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Deepest nesting of objects and arrays accepted in a schema.
+pub const MAX_SCHEMA_DEPTH: usize = 20;
+
+/// A validated structured-output request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JsonFormat {
+    Object,
+    Schema(Value),
+}
+
+/// Parse `response_format`; `None` means free text.
+pub fn parse_response_format(format: Option<&Value>) -> Result<Option<JsonFormat>, ApiError> {
+    let Some(format) = format else {
+        return Ok(None);
+    };
+    let bad = |message: &str| ApiError::invalid_value("response_format", message.to_owned());
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonFormat::Object)),
+        Some("json_schema") => {
+            let spec = format.get("json_schema").ok_or_else(|| {
+                bad("response_format.json_schema is required for type json_schema")
+            })?;
+            if let Some(name) = spec.get("name") {
+                let valid = name.as_str().is_some_and(|n| {
+                    !n.is_empty()
+                        && n.len() <= 64
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                });
+                if !valid {
+                    return Err(bad(
+                        "json_schema.name must be 1-64 letters, digits, '_' or '-'",
+                    ));
+                }
+            }
+            let schema = spec
+                .get("schema")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
+            if !schema.is_object() && !schema.is_boolean() {
+                return Err(bad("json_schema.schema must be a JSON Schema object"));
+            }
+            let size = schema.to_string().len();
+            if size > MAX_SCHEMA_BYTES {
+                return Err(bad(&format!(
+                    "the JSON schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"
+                )));
+            }
+            let depth = depth(&schema);
+            if depth > MAX_SCHEMA_DEPTH {
+                return Err(bad(&format!(
+                    "the JSON schema nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
+                )));
+            }
+            Ok(Some(JsonFormat::Schema(schema)))
+        }
+        Some(other) => Err(bad(&format!(
+            "unknown response_format type '{other}'; expected text, json_object or json_schema"
+        ))),
+        None => Err(bad("response_format needs a type")),
+    }
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn formats_parse_and_limits_hold() {
+        assert_eq!(
+            parse_response_format(Some(&json!({"type": "text"}))).unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_response_format(Some(&json!({"type": "json_object"}))).unwrap(),
+            Some(JsonFormat::Object)
+        );
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}});
+        assert_eq!(
+            parse_response_format(Some(&schema)).unwrap(),
+            Some(JsonFormat::Schema(json!({"type": "integer"})))
+        );
+        let mut deep = json!({"type": "string"});
+        for _ in 0..25 {
+            deep = json!({"type": "array", "items": deep});
+        }
+        let err = parse_response_format(Some(
+            &json!({"type": "json_schema", "json_schema": {"schema": deep}}),
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("levels deep"), "{}", err.message);
+        let big = json!({"type": "json_schema", "json_schema": {"schema": {"description": "x".repeat(70_000)}}});
+        assert!(parse_response_format(Some(&big))
+            .unwrap_err()
+            .message
+            .contains("bytes"));
+        assert!(parse_response_format(Some(&json!({"type": "xml"}))).is_err());
+    }
+}
