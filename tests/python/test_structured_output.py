@@ -1,7 +1,9 @@
 """response_format json_object / json_schema: every output parses and validates."""
 import asyncio
+import re
 import json
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -75,3 +77,65 @@ def test_bad_schemas_are_rejected(server):
         assert e.value.body["param"] == "response_format", e.value.body
     ok = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert ok.choices[0].message.content is not None
+
+
+def test_sdk_parse_returns_a_pydantic_object(server):
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=30)
+        country: str = Field(max_length=30)
+        population_millions: int = Field(ge=0, le=100)
+
+    client = OpenAI(base_url=server.base_url, api_key="unused")
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    r = parse(model="smol", messages=[{"role": "user", "content": "Describe Berlin."}],
+              response_format=City, temperature=0, max_tokens=200)
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City)
+    assert city.name
+
+
+def test_vllm_guided_extensions(server):
+    client = OpenAI(base_url=server.base_url, api_key="unused")
+    choice = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Is the sky blue?"}], max_tokens=10,
+        extra_body={"guided_choice": ["yes", "no", "it depends (sometimes)"]})
+    assert choice.choices[0].message.content in ["yes", "no", "it depends (sometimes)"]
+    regex = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Give me a product code."}], max_tokens=20,
+        temperature=1.0, seed=3, extra_body={"guided_regex": "[A-Z]{3}-[0-9]{4}"})
+    assert re.fullmatch(r"[A-Z]{3}-[0-9]{4}", regex.choices[0].message.content)
+    schema = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "A colour."}], max_tokens=30,
+        extra_body={"guided_json": SCHEMAS["enum_colour"]})
+    jsonschema.validate(json.loads(schema.choices[0].message.content), SCHEMAS["enum_colour"])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "x"}], max_tokens=5,
+            response_format={"type": "json_object"}, extra_body={"guided_regex": "a+"})
+    assert e.value.body["param"] == "guided_regex"
+
+
+def test_cut_short_json_says_length(server):
+    client = OpenAI(base_url=server.base_url, api_key="unused")
+    r = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": PROMPT}], max_tokens=5,
+        response_format=response_format("arr", SCHEMAS["array_of_objects"]), temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(r.choices[0].message.content)
+
+
+def test_repeated_schemas_skip_compilation(server):
+    client = OpenAI(base_url=server.base_url, api_key="unused")
+    ready = lambda: httpx.get(server.base_url.replace("/v1", "/health/ready")).json()["models"]["smol"]
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False, "title": "cache-probe"}
+    before = ready()
+    for _ in range(3):
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "a digit"}],
+                                       max_tokens=20, response_format=response_format("probe", schema))
+    after = ready()
+    assert after["grammars_compiled"] == before["grammars_compiled"] + 1
+    assert after["grammar_cache_hits"] == before["grammar_cache_hits"] + 2

@@ -16,6 +16,70 @@ pub const MAX_SCHEMA_DEPTH: usize = 20;
 pub enum JsonFormat {
     Object,
     Schema(Value),
+    /// vLLM's `guided_regex`.
+    Regex(String),
+    /// vLLM's `guided_choice`.
+    Choice(Vec<String>),
+}
+
+/// vLLM's guided-decoding fields, accepted next to OpenAI's `response_format`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GuidedFields {
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+}
+
+/// The one constraint a request asks for, from `response_format` or a `guided_*` field.
+pub fn parse_constraint(
+    response_format: Option<&Value>,
+    guided: &GuidedFields,
+) -> Result<Option<JsonFormat>, ApiError> {
+    let mut found: Vec<(&str, JsonFormat)> = Vec::new();
+    if let Some(format) = parse_response_format(response_format)? {
+        found.push(("response_format", format));
+    }
+    if let Some(schema) = &guided.guided_json {
+        // vLLM accepts the schema as an object or as JSON text.
+        let schema = match schema {
+            Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                ApiError::invalid_value("guided_json", format!("guided_json is not valid JSON: {e}"))
+            })?,
+            other => other.clone(),
+        };
+        check_schema("guided_json", &schema)?;
+        found.push(("guided_json", JsonFormat::Schema(schema)));
+    }
+    if let Some(rx) = &guided.guided_regex {
+        if rx.is_empty() || rx.len() > MAX_SCHEMA_BYTES {
+            return Err(ApiError::invalid_value(
+                "guided_regex",
+                format!("guided_regex must be 1 to {MAX_SCHEMA_BYTES} bytes"),
+            ));
+        }
+        found.push(("guided_regex", JsonFormat::Regex(rx.clone())));
+    }
+    if let Some(choices) = &guided.guided_choice {
+        let total: usize = choices.iter().map(String::len).sum();
+        if choices.is_empty() || choices.iter().any(String::is_empty) || total > MAX_SCHEMA_BYTES {
+            return Err(ApiError::invalid_value(
+                "guided_choice",
+                "guided_choice must be a non-empty list of non-empty strings",
+            ));
+        }
+        found.push(("guided_choice", JsonFormat::Choice(choices.clone())));
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, f)| f)),
+        _ => Err(ApiError::invalid_value(
+            found[1].0,
+            format!(
+                "use one of response_format, guided_json, guided_regex and guided_choice; got {}",
+                found.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" and ")
+            ),
+        )),
+    }
 }
 
 /// Parse `response_format`; `None` means free text.
@@ -48,21 +112,7 @@ pub fn parse_response_format(format: Option<&Value>) -> Result<Option<JsonFormat
                 .get("schema")
                 .cloned()
                 .unwrap_or_else(|| serde_json::json!({}));
-            if !schema.is_object() && !schema.is_boolean() {
-                return Err(bad("json_schema.schema must be a JSON Schema object"));
-            }
-            let size = schema.to_string().len();
-            if size > MAX_SCHEMA_BYTES {
-                return Err(bad(&format!(
-                    "the JSON schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"
-                )));
-            }
-            let depth = depth(&schema);
-            if depth > MAX_SCHEMA_DEPTH {
-                return Err(bad(&format!(
-                    "the JSON schema nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
-                )));
-            }
+            check_schema("response_format", &schema)?;
             Ok(Some(JsonFormat::Schema(schema)))
         }
         Some(other) => Err(bad(&format!(
@@ -70,6 +120,28 @@ pub fn parse_response_format(format: Option<&Value>) -> Result<Option<JsonFormat
         ))),
         None => Err(bad("response_format needs a type")),
     }
+}
+
+/// Size and depth limits keep grammar compilation bounded.
+fn check_schema(param: &str, schema: &Value) -> Result<(), ApiError> {
+    if !schema.is_object() && !schema.is_boolean() {
+        return Err(ApiError::invalid_value(param, "the JSON schema must be an object"));
+    }
+    let size = schema.to_string().len();
+    if size > MAX_SCHEMA_BYTES {
+        return Err(ApiError::invalid_value(
+            param,
+            format!("the JSON schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"),
+        ));
+    }
+    let depth = depth(schema);
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(ApiError::invalid_value(
+            param,
+            format!("the JSON schema nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"),
+        ));
+    }
+    Ok(())
 }
 
 fn depth(value: &Value) -> usize {

@@ -61,6 +61,9 @@ pub struct SamplingFields {
     pub user: Option<String>,
     /// `text`, `json_object` or `json_schema`.
     pub response_format: Option<serde_json::Value>,
+    /// vLLM's `guided_json`, `guided_regex`, `guided_choice`.
+    #[serde(flatten)]
+    pub guided: crate::format::GuidedFields,
 }
 
 /// One sequence's generation settings, validated.
@@ -187,7 +190,7 @@ impl SamplingFields {
             top_logprobs,
             max_tokens: max_tokens.map(|m| m as usize),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
-            json: crate::format::parse_response_format(self.response_format.as_ref())?,
+            json: crate::format::parse_constraint(self.response_format.as_ref(), &self.guided)?,
         })
     }
 

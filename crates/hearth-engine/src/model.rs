@@ -42,6 +42,8 @@ pub struct ModelInfo {
 pub struct LoadOptions {
     /// Layers to offload to a GPU (0 on CPU-only builds).
     pub gpu_layers: u32,
+    /// Compiled structured-output grammars kept (0 means the default).
+    pub grammar_cache_size: usize,
 }
 
 /// A loaded model: the llama.cpp weights plus the text of every token.
@@ -52,6 +54,7 @@ pub struct Model {
     pieces: Vec<Vec<u8>>,
     /// Built on the first structured-output request.
     grammars: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
+    grammar_cache_size: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -75,6 +78,10 @@ impl Model {
             info,
             pieces,
             grammars: std::sync::OnceLock::new(),
+            grammar_cache_size: match options.grammar_cache_size {
+                0 => crate::structured::GRAMMAR_CACHE_CAPACITY,
+                n => n,
+            },
         })
     }
 
@@ -114,10 +121,19 @@ impl Model {
     pub fn grammars(&self) -> Result<&GrammarCompiler> {
         self.grammars
             .get_or_init(|| {
-                GrammarCompiler::new(&self.llama, &self.info.eog_tokens).map_err(|e| e.to_string())
+                GrammarCompiler::new(&self.llama, &self.info.eog_tokens, self.grammar_cache_size)
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| EngineError::ContextFailed(e.clone()))
+    }
+
+    /// (grammars compiled, cache hits), once structured output has been used.
+    pub fn grammar_counters(&self) -> (u64, u64) {
+        match self.grammars.get() {
+            Some(Ok(g)) => (g.compiled(), g.cache_hits()),
+            _ => (0, 0),
+        }
     }
 
     pub fn is_eog(&self, token: u32) -> bool {

@@ -6,6 +6,7 @@
 //! deep clone of the compiled matcher (cloning is cheap, compiling is not).
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use llama_cpp_2::model::LlamaModel;
@@ -20,8 +21,8 @@ use toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use crate::error::{EngineError, Result};
 use crate::sampling::TokenMask;
 
-/// Compiled grammars kept per model.
-pub const GRAMMAR_CACHE_CAPACITY: usize = 64;
+/// Compiled grammars kept per model unless configured otherwise.
+pub const GRAMMAR_CACHE_CAPACITY: usize = 10;
 
 /// What shape the output must take.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,16 +31,17 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON document valid under this schema.
     JsonSchema(Value),
+    /// Text matching this regular expression (vLLM's `guided_regex`).
+    Regex(String),
+    /// Exactly one of these strings (vLLM's `guided_choice`).
+    Choice(Vec<String>),
 }
 
 impl OutputFormat {
     /// The schema llguidance compiles, with our JSON layout (compact, one space after ':' and
     /// ','; no free whitespace, which small models would loop on) unless the caller chose one.
-    fn schema(&self) -> Value {
-        let mut schema = match self {
-            OutputFormat::JsonObject => json!({"type": "object"}),
-            OutputFormat::JsonSchema(schema) => schema.clone(),
-        };
+    fn json_schema(schema: &Value) -> Value {
+        let mut schema = schema.clone();
         if let Some(object) = schema.as_object_mut() {
             object.entry("x-guidance").or_insert_with(|| {
                 json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
@@ -47,12 +49,39 @@ impl OutputFormat {
         }
         schema
     }
+
+    /// The grammar and the cache key it is stored under.
+    fn grammar(&self) -> (TopLevelGrammar, String) {
+        match self {
+            OutputFormat::JsonObject | OutputFormat::JsonSchema(_) => {
+                let schema = match self {
+                    OutputFormat::JsonSchema(schema) => Self::json_schema(schema),
+                    _ => Self::json_schema(&json!({"type": "object"})),
+                };
+                let key = format!("json:{schema}");
+                (TopLevelGrammar::from_json_schema(schema), key)
+            }
+            OutputFormat::Regex(rx) => (TopLevelGrammar::from_regex(rx), format!("regex:{rx}")),
+            OutputFormat::Choice(choices) => {
+                let rx = choices
+                    .iter()
+                    .map(|c| escape_regex(c))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                let rx = format!("({rx})");
+                let key = format!("regex:{rx}");
+                (TopLevelGrammar::from_regex(&rx), key)
+            }
+        }
+    }
 }
 
 /// Compiles output formats for one model.
 pub struct GrammarCompiler {
     factory: ParserFactory,
     cache: Mutex<LruCache<String, Matcher>>,
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for GrammarCompiler {
@@ -62,38 +91,51 @@ impl std::fmt::Debug for GrammarCompiler {
 }
 
 impl GrammarCompiler {
-    pub(crate) fn new(llama: &LlamaModel, eog_tokens: &[u32]) -> Result<GrammarCompiler> {
+    pub(crate) fn new(
+        llama: &LlamaModel,
+        eog_tokens: &[u32],
+        capacity: usize,
+    ) -> Result<GrammarCompiler> {
         let env = token_env(llama, eog_tokens);
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| EngineError::Template(format!("structured output setup: {e}")))?;
         factory.set_stderr_log_level(0);
+        // llguidance's fuel limits bound how much work (and so time) one schema may cost.
+        let limits = factory.limits_mut();
+        limits.initial_lexer_fuel = limits.initial_lexer_fuel.min(COMPILE_FUEL);
+        limits.step_lexer_fuel = limits.step_lexer_fuel.min(COMPILE_FUEL);
         Ok(GrammarCompiler {
             factory,
             cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(GRAMMAR_CACHE_CAPACITY).expect("non-zero"),
+                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
             )),
+            compiled: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
         })
     }
 
     /// A fresh matcher for this format; schemas the compiler rejects are request errors.
     pub fn matcher(&self, format: &OutputFormat) -> Result<Constraint> {
-        let schema = format.schema();
-        let key = schema.to_string();
+        let (grammar, key) = format.grammar();
         if let Some(compiled) = self.lock().get(&key) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Constraint::new(compiled.deep_clone()));
         }
+        let what = match format {
+            OutputFormat::Regex(_) | OutputFormat::Choice(_) => "the regular expression",
+            _ => "the JSON schema",
+        };
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
-            .map_err(|e| {
-                EngineError::InvalidRequest(format!("the JSON schema cannot be used: {e}"))
-            })?;
+            .create_parser(grammar)
+            .map_err(|e| EngineError::InvalidRequest(format!("{what} cannot be enforced: {e}")))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(error) = matcher.get_error() {
             return Err(EngineError::InvalidRequest(format!(
-                "the JSON schema cannot be used: {error}"
+                "{what} cannot be enforced: {error}"
             )));
         }
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         self.lock().put(key, matcher.deep_clone());
         Ok(Constraint::new(matcher))
     }
@@ -101,6 +143,16 @@ impl GrammarCompiler {
     /// Compiled grammars currently cached.
     pub fn cached(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Grammars compiled so far (cache misses).
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
+    }
+
+    /// Requests served from the cache without compiling.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Matcher>> {
@@ -151,6 +203,21 @@ impl Constraint {
         }
         self.matcher.consume_token(token).map_err(|e| e.to_string())
     }
+}
+
+/// Lexer work allowed per compile and per step; llguidance's own defaults are the ceiling.
+const COMPILE_FUEL: u64 = 1_000_000;
+
+/// Escape regex metacharacters so a choice matches literally.
+fn escape_regex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Every token's bytes, with special tokens marked (0xFF prefix) so text can never spell

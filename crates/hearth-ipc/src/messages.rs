@@ -52,6 +52,9 @@ pub struct WorkerStatus {
     pub slots: usize,
     pub kv_used: usize,
     pub kv_capacity: usize,
+    /// Structured-output grammars compiled, and requests that reused a cached one.
+    pub grammars_compiled: u64,
+    pub grammar_cache_hits: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

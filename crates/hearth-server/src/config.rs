@@ -57,6 +57,7 @@ pub struct WorkerSettings {
     pub ctx_size: u32,
     pub threads: Option<usize>,
     pub gpu_layers: u32,
+    pub grammar_cache_size: usize,
     pub load_timeout: Duration,
 }
 

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Load every model at start-up instead of on first request.
     #[arg(long, env = "HEARTH_PRELOAD")]
     pub preload: bool,
+    /// Compiled structured-output grammars each worker keeps (LRU).
+    #[arg(long, default_value_t = 10, env = "HEARTH_GRAMMAR_CACHE_SIZE")]
+    pub grammar_cache_size: usize,
     /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30, env = "HEARTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: u64,
@@ -91,6 +94,8 @@ pub struct WorkerArgs {
     pub threads: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub gpu_layers: u32,
+    #[arg(long, default_value_t = 10)]
+    pub grammar_cache_size: usize,
 }
 
 /// Where the model is and how the engine runs it.

@@ -45,6 +45,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize) -> Result<Engine> {
         &path,
         &LoadOptions {
             gpu_layers: args.gpu_layers,
+            ..LoadOptions::default()
         },
     )
     .with_context(|| {

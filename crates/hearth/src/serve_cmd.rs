@@ -42,6 +42,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ctx_size: args.ctx_size,
             threads: args.threads,
             gpu_layers: args.gpu_layers,
+            grammar_cache_size: args.grammar_cache_size,
             load_timeout: Duration::from_secs(args.load_timeout),
         },
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),

@@ -77,6 +77,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         &args.model,
         &LoadOptions {
             gpu_layers: args.gpu_layers,
+            grammar_cache_size: args.grammar_cache_size,
         },
     )?;
     let config = EngineConfig {
@@ -172,6 +173,8 @@ impl Worker {
             format: params.json.map(|json| match json {
                 JsonFormat::Object => OutputFormat::JsonObject,
                 JsonFormat::Schema(schema) => OutputFormat::JsonSchema(schema),
+                JsonFormat::Regex(rx) => OutputFormat::Regex(rx),
+                JsonFormat::Choice(choices) => OutputFormat::Choice(choices),
             }),
         };
         let param = if request.format.is_some() {
@@ -249,6 +252,7 @@ impl Worker {
 
     fn pong(&self, nonce: u64) {
         let stats = self.engine.stats();
+        let (grammars_compiled, grammar_cache_hits) = self.engine.model().grammar_counters();
         send(
             &self.outbox,
             &FromWorker::Pong {
@@ -259,6 +263,8 @@ impl Worker {
                     slots: stats.slots,
                     kv_used: stats.kv_used,
                     kv_capacity: stats.kv_capacity,
+                    grammars_compiled,
+                    grammar_cache_hits,
                 },
             },
         );

@@ -30,6 +30,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 "context_per_slot": worker.ready.context_per_slot,
                 "kv_used": status.kv_used,
                 "kv_capacity": status.kv_capacity,
+                "grammars_compiled": status.grammars_compiled,
+                "grammar_cache_hits": status.grammar_cache_hits,
             }),
             None => {
                 unresponsive.push(worker.model_id.clone());

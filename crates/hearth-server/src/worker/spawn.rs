@@ -43,6 +43,8 @@ pub async fn spawn_worker(
         .arg(settings.ctx_size.to_string())
         .arg("--gpu-layers")
         .arg(settings.gpu_layers.to_string())
+        .arg("--grammar-cache-size")
+        .arg(settings.grammar_cache_size.to_string())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false);
     if let Some(threads) = settings.threads {
