@@ -43,7 +43,10 @@ pub fn parse_constraint(
         // vLLM accepts the schema as an object or as JSON text.
         let schema = match schema {
             Value::String(text) => serde_json::from_str(text).map_err(|e| {
-                ApiError::invalid_value("guided_json", format!("guided_json is not valid JSON: {e}"))
+                ApiError::invalid_value(
+                    "guided_json",
+                    format!("guided_json is not valid JSON: {e}"),
+                )
             })?,
             other => other.clone(),
         };
@@ -72,13 +75,15 @@ pub fn parse_constraint(
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop().map(|(_, f)| f)),
-        _ => Err(ApiError::invalid_value(
-            found[1].0,
-            format!(
+        _ => {
+            Err(ApiError::invalid_value(
+                found[1].0,
+                format!(
                 "use one of response_format, guided_json, guided_regex and guided_choice; got {}",
                 found.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" and ")
             ),
-        )),
+            ))
+        }
     }
 }
 
@@ -125,7 +130,10 @@ pub fn parse_response_format(format: Option<&Value>) -> Result<Option<JsonFormat
 /// Size and depth limits keep grammar compilation bounded.
 fn check_schema(param: &str, schema: &Value) -> Result<(), ApiError> {
     if !schema.is_object() && !schema.is_boolean() {
-        return Err(ApiError::invalid_value(param, "the JSON schema must be an object"));
+        return Err(ApiError::invalid_value(
+            param,
+            "the JSON schema must be an object",
+        ));
     }
     let size = schema.to_string().len();
     if size > MAX_SCHEMA_BYTES {

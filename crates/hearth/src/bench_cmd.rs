@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use hearth_engine::{Engine, Event, GenerationRequest, SamplingParams};
+use hearth_engine::{Engine, Event, GenerationRequest, OutputFormat, SamplingParams};
 
 use crate::cli::BenchArgs;
 use crate::http_bench;
@@ -56,6 +56,25 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         };
         println!("| {label} | {rate:.1} |");
     }
+    // Structured output: a JSON array long enough that the grammar never ends early.
+    let schema = serde_json::json!({
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 999},
+        "minItems": 1000
+    });
+    let format = Some(OutputFormat::JsonSchema(schema));
+    let free = median(
+        (0..args.repeat)
+            .map(|_| measure(&engine, &prompt, 1, args.gen_tokens).map(|r| r.decode_rate)),
+    )?;
+    let constrained = median((0..args.repeat).map(|_| {
+        measure_with(&engine, &prompt, 1, args.gen_tokens, format.clone()).map(|r| r.decode_rate)
+    }))?;
+    println!(
+        "| decode tg{} with a json_schema (1 sequence) | {constrained:.1} ({:.3}x of {free:.1} unconstrained) |",
+        args.gen_tokens,
+        constrained / free
+    );
     if args.http {
         let alone =
             median((0..args.repeat).map(|_| measure(&engine, &prompt, 1, args.gen_tokens)))?;
@@ -104,6 +123,17 @@ pub struct Run {
 
 /// Run `n` identical-length sequences to `gen` tokens each, end-of-turn suppressed.
 fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run> {
+    measure_with(engine, prompt, n, gen, None)
+}
+
+/// As `measure`, with every sequence constrained to `format`.
+fn measure_with(
+    engine: &Engine,
+    prompt: &[u32],
+    n: usize,
+    gen: usize,
+    format: Option<OutputFormat>,
+) -> Result<Run> {
     let mut sampling = SamplingParams::greedy();
     for &eog in &engine.model().info().eog_tokens {
         sampling.logit_bias.insert(eog, -100.0);
@@ -118,7 +148,7 @@ fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run>
                 sampling: sampling.clone(),
                 max_tokens: Some(gen),
                 stop: vec![],
-                format: None,
+                format: format.clone(),
             },
             Box::new(move |event| tx.send((i, Instant::now(), event)).is_ok()),
         )?;

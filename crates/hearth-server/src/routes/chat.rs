@@ -8,14 +8,14 @@ use hearth_api::chat::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage,
 };
 use hearth_api::logprobs::{ChatLogprobs, TokenOutput};
-use hearth_api::{parse_request, unix_now};
+use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChunkFormat};
+use super::stream::{collect, sse, ChunkFormat, ResponseHead};
 use crate::error::HttpError;
 use crate::generate::start;
-use crate::ids::{chat_completion_id, system_fingerprint};
+use crate::ids::chat_completion_id;
 use crate::state::AppState;
 
 pub async fn chat_completions(
@@ -39,10 +39,11 @@ pub async fn chat_completions(
         .collect();
     let started = start(&state, &model, choices, n as usize).await?;
     let meta = Meta {
-        id: chat_completion_id(),
-        created: unix_now(),
-        model: request.model.clone(),
-        fingerprint: system_fingerprint(),
+        head: ResponseHead::new(
+            chat_completion_id(),
+            &request.model,
+            "chat.completion.chunk",
+        ),
         logprobs: params.top_logprobs.is_some(),
     };
     if request.sampling.streaming() {
@@ -63,11 +64,11 @@ pub async fn chat_completions(
         })
         .collect();
     Ok(Json(ChatCompletion {
-        id: meta.id,
+        id: meta.head.id,
         object: "chat.completion".into(),
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: meta.fingerprint,
+        created: meta.head.created,
+        model: meta.head.model,
+        system_fingerprint: meta.head.fingerprint,
         choices,
         usage,
     })
@@ -75,29 +76,13 @@ pub async fn chat_completions(
 }
 
 struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    fingerprint: String,
+    head: ResponseHead,
     logprobs: bool,
-}
-
-impl Meta {
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": choices,
-        })
-    }
 }
 
 impl ChunkFormat for Meta {
     fn opening(&self, index: usize) -> Option<Value> {
-        Some(self.chunk(json!([{
+        Some(self.head.chunk(json!([{
             "index": index,
             "delta": {"role": "assistant", "content": ""},
             "logprobs": null,
@@ -114,7 +99,7 @@ impl ChunkFormat for Meta {
         } else {
             Value::Null
         };
-        Some(self.chunk(json!([{
+        Some(self.head.chunk(json!([{
             "index": index,
             "delta": {"content": text},
             "logprobs": logprobs,
@@ -123,7 +108,7 @@ impl ChunkFormat for Meta {
     }
 
     fn finish(&self, index: usize, finish_reason: &str) -> Value {
-        self.chunk(json!([{
+        self.head.chunk(json!([{
             "index": index,
             "delta": {},
             "logprobs": null,
@@ -132,8 +117,6 @@ impl ChunkFormat for Meta {
     }
 
     fn usage(&self, usage: Usage) -> Value {
-        let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = json!(usage);
-        chunk
+        self.head.usage_chunk(usage)
     }
 }

@@ -7,14 +7,14 @@ use axum::Json;
 use hearth_api::chat::Usage;
 use hearth_api::completions::{Completion, CompletionChoice, CompletionRequest, Prompt};
 use hearth_api::logprobs::{CompletionLogprobs, TokenOutput};
-use hearth_api::{parse_request, unix_now};
+use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChunkFormat};
+use super::stream::{collect, sse, ChunkFormat, ResponseHead};
 use crate::error::HttpError;
 use crate::generate::start;
-use crate::ids::{completion_id, system_fingerprint};
+use crate::ids::completion_id;
 use crate::state::AppState;
 
 pub async fn completions(
@@ -39,10 +39,7 @@ pub async fn completions(
     }
     let started = start(&state, &model, choices, n as usize).await?;
     let mut meta = Meta {
-        id: completion_id(),
-        created: unix_now(),
-        model: request.model.clone(),
-        fingerprint: system_fingerprint(),
+        head: ResponseHead::new(completion_id(), &request.model, "text_completion"),
         logprobs: params.top_logprobs.is_some(),
         offsets: vec![0; started.choices()],
     };
@@ -69,11 +66,11 @@ pub async fn completions(
         })
         .collect();
     Ok(Json(Completion {
-        id: meta.id,
+        id: meta.head.id,
         object: "text_completion".into(),
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: meta.fingerprint,
+        created: meta.head.created,
+        model: meta.head.model,
+        system_fingerprint: meta.head.fingerprint,
         choices,
         usage: Some(usage),
     })
@@ -81,26 +78,10 @@ pub async fn completions(
 }
 
 struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    fingerprint: String,
+    head: ResponseHead,
     logprobs: bool,
     /// Text offset of the next token, per choice.
     offsets: Vec<usize>,
-}
-
-impl Meta {
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": choices,
-        })
-    }
 }
 
 impl ChunkFormat for Meta {
@@ -122,7 +103,7 @@ impl ChunkFormat for Meta {
         } else {
             Value::Null
         };
-        Some(self.chunk(json!([{
+        Some(self.head.chunk(json!([{
             "index": index,
             "text": text,
             "logprobs": logprobs,
@@ -131,7 +112,7 @@ impl ChunkFormat for Meta {
     }
 
     fn finish(&self, index: usize, finish_reason: &str) -> Value {
-        self.chunk(json!([{
+        self.head.chunk(json!([{
             "index": index,
             "text": "",
             "logprobs": null,
@@ -140,8 +121,6 @@ impl ChunkFormat for Meta {
     }
 
     fn usage(&self, usage: Usage) -> Value {
-        let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = json!(usage);
-        chunk
+        self.head.usage_chunk(usage)
     }
 }

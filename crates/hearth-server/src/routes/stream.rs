@@ -18,6 +18,46 @@ use crate::worker::WorkerEvent;
 /// Comment lines keep proxies and clients from timing out while a long prompt is read.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// What every response and chunk of one request carries.
+pub struct ResponseHead {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub fingerprint: String,
+    /// `chat.completion.chunk` or `text_completion`.
+    chunk_object: &'static str,
+}
+
+impl ResponseHead {
+    pub fn new(id: String, model: &str, chunk_object: &'static str) -> ResponseHead {
+        ResponseHead {
+            id,
+            created: hearth_api::unix_now(),
+            model: model.to_owned(),
+            fingerprint: crate::ids::system_fingerprint(),
+            chunk_object,
+        }
+    }
+
+    pub fn chunk(&self, choices: Value) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+        })
+    }
+
+    /// The last chunk when `include_usage` was asked for: no choices, the totals.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        let mut chunk = self.chunk(serde_json::json!([]));
+        chunk["usage"] = serde_json::json!(usage);
+        chunk
+    }
+}
+
 /// One finished choice.
 #[derive(Debug, Default)]
 pub struct ChoiceResult {
