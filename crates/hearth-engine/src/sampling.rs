@@ -121,6 +121,16 @@ pub struct TokenLogprobs {
 /// Tokens a grammar allows at this step; `None` everywhere means no constraint.
 pub trait TokenMask {
     fn allows(&self, token: u32) -> bool;
+
+    /// Set the logit of every disallowed token to -inf. Implementations with a bitset
+    /// override this to skip whole words at a time.
+    fn apply(&self, logits: &mut [f32]) {
+        for (token, logit) in logits.iter_mut().enumerate() {
+            if !self.allows(token as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// Per-sequence sampling state: parameters, RNG, and counts of generated tokens.
@@ -179,11 +189,7 @@ impl Sampler {
         self.scratch.extend_from_slice(logits);
         self.apply_penalties();
         if let Some(mask) = mask {
-            for (token, logit) in self.scratch.iter_mut().enumerate() {
-                if !mask.allows(token as u32) {
-                    *logit = f32::NEG_INFINITY;
-                }
-            }
+            mask.apply(&mut self.scratch);
         }
         let token = if self.params.temperature <= 0.0 || self.params.top_k == 1 {
             argmax(&self.scratch)

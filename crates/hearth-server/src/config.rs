@@ -58,6 +58,7 @@ pub struct WorkerSettings {
     pub threads: Option<usize>,
     pub gpu_layers: u32,
     pub grammar_cache_size: usize,
+    pub kv_unified: bool,
     pub load_timeout: Duration,
 }
 

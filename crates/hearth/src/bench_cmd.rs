@@ -63,13 +63,15 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         "minItems": 1000
     });
     let format = Some(OutputFormat::JsonSchema(schema));
-    let free = median(
-        (0..args.repeat)
-            .map(|_| measure(&engine, &prompt, 1, args.gen_tokens).map(|r| r.decode_rate)),
-    )?;
-    let constrained = median((0..args.repeat).map(|_| {
-        measure_with(&engine, &prompt, 1, args.gen_tokens, format.clone()).map(|r| r.decode_rate)
-    }))?;
+    // Alternate the two so drift in the machine's speed hits both alike.
+    let (mut free, mut constrained) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeat.max(3) {
+        free.push(measure(&engine, &prompt, 1, args.gen_tokens)?.decode_rate);
+        constrained
+            .push(measure_with(&engine, &prompt, 1, args.gen_tokens, format.clone())?.decode_rate);
+    }
+    let free = median(free.into_iter().map(Ok))?;
+    let constrained = median(constrained.into_iter().map(Ok))?;
     println!(
         "| decode tg{} with a json_schema (1 sequence) | {constrained:.1} ({:.3}x of {free:.1} unconstrained) |",
         args.gen_tokens,

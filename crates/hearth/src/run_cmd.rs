@@ -59,6 +59,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize) -> Result<Engine> {
         parallel,
         context_per_slot: args.ctx_size,
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
+        kv_unified: args.kv_unified,
         ..EngineConfig::default()
     };
     Ok(Engine::start(Arc::new(model), config)?)

@@ -43,6 +43,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             threads: args.threads,
             gpu_layers: args.gpu_layers,
             grammar_cache_size: args.grammar_cache_size,
+            kv_unified: args.kv_unified,
             load_timeout: Duration::from_secs(args.load_timeout),
         },
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),

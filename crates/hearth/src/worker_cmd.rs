@@ -84,6 +84,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         parallel: args.parallel,
         context_per_slot: args.ctx_size,
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
+        kv_unified: args.kv_unified,
         ..EngineConfig::default()
     };
     Ok(Engine::start(Arc::new(model), config)?)

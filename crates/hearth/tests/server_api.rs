@@ -79,6 +79,7 @@ fn completions_equal_the_engines_greedy_output() {
             context_per_slot: 1024,
             batch_size: 512,
             threads: 2,
+            kv_unified: false,
         },
     )
     .unwrap();

@@ -40,6 +40,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             context_per_slot,
             batch_size: 512,
             threads: 2,
+            kv_unified: false,
         },
     )
     .unwrap()

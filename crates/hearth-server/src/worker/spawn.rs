@@ -47,6 +47,9 @@ pub async fn spawn_worker(
         .arg(settings.grammar_cache_size.to_string())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false);
+    if settings.kv_unified {
+        command.arg("--kv-unified");
+    }
     if let Some(threads) = settings.threads {
         command.arg("--threads").arg(threads.to_string());
     }
