@@ -125,6 +125,8 @@ SCHEMAS = {
         "additionalProperties": False,
     },
     "all_of": {
+        "properties": {"id": {"type": "integer"}, "tag": {"type": "string"}},
+        "additionalProperties": False,
         "allOf": [
             {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 1000}}, "required": ["id"]},
             {"type": "object", "properties": {"tag": {"enum": ["a", "b"]}}, "required": ["tag"]},

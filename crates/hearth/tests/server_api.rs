@@ -78,7 +78,7 @@ fn completions_equal_the_engines_greedy_output() {
             parallel: 1,
             context_per_slot: 1024,
             batch_size: 512,
-            threads: 2,
+            threads: 1,
             kv_unified: false,
         },
     )
