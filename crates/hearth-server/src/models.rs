@@ -124,11 +124,15 @@ impl ModelManager {
         *entry.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
-    /// Workers that are running now.
+    /// Workers that are running now. A model that is loading is skipped rather than waited
+    /// for: health checks must answer while a model loads.
     pub async fn running_workers(&self) -> Vec<Arc<Worker>> {
         let mut out = Vec::new();
         for entry in &self.entries {
-            if let Some(w) = entry.worker.lock().await.as_ref() {
+            let Ok(slot) = entry.worker.try_lock() else {
+                continue;
+            };
+            if let Some(w) = slot.as_ref() {
                 if w.is_alive() {
                     out.push(w.clone());
                 } else {
