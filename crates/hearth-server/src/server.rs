@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
@@ -42,6 +43,13 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     on_ready(listener.local_addr()?);
+    // Token chunks are small writes: without TCP_NODELAY, Nagle holds each one back until
+    // the client acknowledges the previous one.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(%e, "could not set TCP_NODELAY");
+        }
+    });
 
     let app = router(state).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -78,8 +78,11 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         constrained / free
     );
     if args.http {
-        let alone =
-            median((0..args.repeat).map(|_| measure(&engine, &prompt, 1, args.gen_tokens)))?;
+        let alone = Run::medians(
+            (0..args.repeat)
+                .map(|_| measure(&engine, &prompt, 1, args.gen_tokens))
+                .collect::<Result<Vec<_>>>()?,
+        );
         let eog = engine.model().info().eog_tokens.clone();
         let model_path = engine.model().info().path.clone();
         drop(engine);
@@ -198,6 +201,20 @@ trait Median {
 impl Median for f64 {
     fn key(&self) -> f64 {
         *self
+    }
+}
+
+impl Run {
+    /// Median time to first token and median decode rate, each over all runs.
+    pub fn medians(runs: Vec<Run>) -> Run {
+        let mut ttft: Vec<Duration> = runs.iter().map(|r| r.first_token).collect();
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.decode_rate).collect();
+        ttft.sort();
+        rates.sort_by(f64::total_cmp);
+        Run {
+            first_token: ttft[ttft.len() / 2],
+            decode_rate: rates[rates.len() / 2],
+        }
     }
 }
 

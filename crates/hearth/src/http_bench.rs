@@ -77,12 +77,11 @@ pub fn measure(
         "stream_options": {"include_usage": true},
     });
     one_stream(&url, &body)?; // warm-up
-    let mut runs = (0..args.repeat)
+    let runs = (0..args.repeat)
         .map(|_| one_stream(&url, &body))
         .collect::<Result<Vec<_>>>()?;
     drop(server);
-    runs.sort_by(|a, b| a.decode_rate.total_cmp(&b.decode_rate));
-    Ok(runs.swap_remove(runs.len() / 2))
+    Ok(Run::medians(runs))
 }
 
 fn one_stream(url: &str, body: &Value) -> Result<Run> {
