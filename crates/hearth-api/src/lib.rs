@@ -28,11 +28,28 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// A request with the sampling fields both endpoints share. They are read in a second pass
 /// rather than with `#[serde(flatten)]`, which would lose the path of a bad value.
-pub fn parse_request<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-) -> Result<(T, params::SamplingFields), ApiError> {
+pub fn parse_request<T: WithSampling>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = parse_body(body)?;
-    Ok((from_value(&value)?, from_value(&value)?))
+    let mut request: T = from_value(&value)?;
+    *request.sampling_mut() = from_value(&value)?;
+    Ok(request)
+}
+
+/// A request body that carries the shared sampling fields.
+pub trait WithSampling: serde::de::DeserializeOwned {
+    fn sampling_mut(&mut self) -> &mut params::SamplingFields;
+}
+
+impl WithSampling for chat::ChatCompletionRequest {
+    fn sampling_mut(&mut self) -> &mut params::SamplingFields {
+        &mut self.sampling
+    }
+}
+
+impl WithSampling for completions::CompletionRequest {
+    fn sampling_mut(&mut self) -> &mut params::SamplingFields {
+        &mut self.sampling
+    }
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {

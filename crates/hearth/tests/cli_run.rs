@@ -10,20 +10,26 @@ fn model() -> String {
     )
 }
 
+/// `hearth run` on the default model, greedy and short.
+fn hearth_run() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    let model = model();
+    command.args([
+        "run",
+        "--model",
+        &model,
+        "--threads",
+        "2",
+        "--temperature",
+        "0",
+    ]);
+    command.args(["--max-tokens", "24"]);
+    command
+}
+
 #[test]
 fn one_shot_prompt_streams_the_reply() {
-    let output = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args([
-            "run",
-            "--model",
-            &model(),
-            "--threads",
-            "2",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "24",
-        ])
+    let output = hearth_run()
         .arg("What is the capital of Germany?")
         .output()
         .unwrap();
@@ -38,19 +44,8 @@ fn one_shot_prompt_streams_the_reply() {
 
 #[test]
 fn interactive_chat_keeps_history_until_exit() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args([
-            "run",
-            "--model",
-            &model(),
-            "--threads",
-            "2",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "24",
-            "--show-prompt",
-        ])
+    let mut child = hearth_run()
+        .arg("--show-prompt")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

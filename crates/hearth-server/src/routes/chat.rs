@@ -22,8 +22,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let (mut request, sampling) = parse_request::<ChatCompletionRequest>(&body)?;
-    request.sampling = sampling;
+    let request = parse_request::<ChatCompletionRequest>(&body)?;
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let messages = request.template_messages()?;

@@ -21,8 +21,7 @@ pub async fn completions(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let (mut request, sampling) = parse_request::<CompletionRequest>(&body)?;
-    request.sampling = sampling;
+    let request = parse_request::<CompletionRequest>(&body)?;
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let prompts = request.prompts()?;
