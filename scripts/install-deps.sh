@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building hearth needs on a fresh Debian machine: cmake and libclang (bindgen
-# for llama.cpp), plus the Python packages the tests use. Does nothing when all are present.
+# for llama.cpp), and promtool (from `prometheus`; the tests check /metrics with it).
+# Does nothing when all are present.
 set -euo pipefail
 
 missing=()
@@ -12,9 +13,10 @@ fi
 if ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
   missing+=(clang)
 fi
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

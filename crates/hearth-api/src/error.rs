@@ -11,6 +11,9 @@ pub struct ApiError {
     pub kind: String,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// Seconds a client should wait before retrying (the `Retry-After` header).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -26,6 +29,7 @@ impl ApiError {
             kind: kind.to_owned(),
             param: None,
             code: code.map(str::to_owned),
+            retry_after: None,
         }
     }
 
@@ -84,6 +88,45 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "server_error", Some("unavailable"), message)
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// Every slot is busy and too many requests already wait.
+    pub fn queue_full(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(429, "server_error", Some("queue_full"), message)
+            .with_retry_after(retry_after_secs)
+    }
+
+    /// Waited in the queue past the priority's timeout.
+    pub fn queue_timeout(message: impl Into<String>) -> Self {
+        Self::new(503, "server_error", Some("queue_timeout"), message)
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(429, "requests", Some("rate_limit_exceeded"), message)
+            .with_retry_after(retry_after_secs)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            401,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("The request body is larger than this server's limit of {limit} bytes."),
+        )
     }
 
     /// The JSON body clients receive.

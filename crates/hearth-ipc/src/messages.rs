@@ -68,7 +68,11 @@ pub enum FromWorker {
     Delta {
         id: u64,
         text: String,
+        /// Per-token detail, sent only when logprobs were asked for.
         tokens: Vec<TokenOutput>,
+        /// Tokens behind this text (always sent: latency metrics count them).
+        #[serde(default)]
+        token_count: usize,
     },
     Done {
         id: u64,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::admission::QueueLimits;
+
 /// A model the server may load: its public id and its GGUF file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
@@ -74,6 +76,29 @@ pub struct ServerConfig {
     pub preload: bool,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Who may wait for a busy model, and for how long.
+    pub queue: QueueLimits,
+    pub access: AccessConfig,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Who may call the API, and how often.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// When not empty, every endpoint but `/health*` needs `Authorization: Bearer KEY`.
+    pub api_keys: Vec<String>,
+    /// Origins allowed by CORS (`*` for any); none by default.
+    pub cors_origins: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Requests per minute per API key (or per client address when there are no keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    /// Requests allowed at once before the per-minute pace applies.
+    pub burst: u32,
 }
 
 #[cfg(test)]

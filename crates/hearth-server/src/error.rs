@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_api::ApiError;
 
+use crate::access::ErrorCode;
+
 pub struct HttpError(pub ApiError);
 
 impl From<ApiError> for HttpError {
@@ -18,11 +20,22 @@ impl IntoResponse for HttpError {
         let status =
             StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(self.0.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = self
+            .0
+            .retry_after
+            .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", axum::http::HeaderValue::from(seconds));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response.extensions_mut().insert(ErrorCode(self.0.code));
         response
     }
 }

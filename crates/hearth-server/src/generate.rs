@@ -7,6 +7,9 @@ use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::PromptSpec;
 use tokio::time::Instant;
 
+use crate::admission::{AdmitError, Permit, Priority};
+use crate::extract::RequestMeta;
+use crate::observe::RequestObserver;
 use crate::state::AppState;
 use crate::worker::{GroupError, RequestGroup, WorkerEvent};
 
@@ -20,6 +23,9 @@ pub struct Started {
     pub prompt_tokens: Vec<usize>,
     /// Choices per prompt (`n`): usage counts each prompt once.
     pub per_prompt: usize,
+    observer: RequestObserver,
+    /// The worker slots this request holds; dropped with it, letting the next one in.
+    _permit: Permit,
 }
 
 pub async fn start(
@@ -27,7 +33,23 @@ pub async fn start(
     model: &str,
     choices: Vec<(PromptSpec, GenerationParams)>,
     per_prompt: usize,
+    meta: &RequestMeta,
 ) -> Result<Started, ApiError> {
+    meta.record.fields().model = Some(model.to_owned());
+    let admission = state.models.admission(model)?;
+    let queued = Instant::now();
+    let permit = admission
+        .admit(meta.priority, choices.len())
+        .await
+        .map_err(|e| admit_error(e, meta.priority))?;
+    let queue_time = queued.elapsed();
+    meta.record.fields().queue_time = Some(queue_time);
+    state
+        .metrics
+        .request_queue_time
+        .with_label_values(&[model, meta.priority.as_str()])
+        .observe(queue_time.as_secs_f64());
+
     let worker = state.models.worker(model).await?;
     let deadline = Instant::now() + state.request_timeout;
     let mut group = worker.generate(choices)?;
@@ -46,13 +68,41 @@ pub async fn start(
             Err(GroupError::Timeout) => return Err(timed_out(&group).await),
         }
     }
+    let mut observer = RequestObserver::new(
+        state.metrics.clone(),
+        model,
+        meta.record.clone(),
+        group.len(),
+    );
+    let per_prompt = per_prompt.max(1);
+    observer.prompt_tokens(prompt_tokens.iter().step_by(per_prompt).sum());
+    for (index, event) in &early {
+        observer.event(*index, event);
+    }
     Ok(Started {
         group,
         deadline,
         early,
         prompt_tokens,
-        per_prompt: per_prompt.max(1),
+        per_prompt,
+        observer,
+        _permit: permit,
     })
+}
+
+fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
+    match error {
+        AdmitError::QueueFull { retry_after, which } => ApiError::queue_full(
+            format!("The server is busy: {which} for this model is full. Retry later."),
+            retry_after.as_secs_f64().ceil() as u64,
+        ),
+        AdmitError::Timeout { waited } => ApiError::queue_timeout(format!(
+            "The request waited {:.1} s in the {} priority queue without a free slot \
+             and gave up. Retry later, or with a higher X-Priority.",
+            waited.as_secs_f64(),
+            priority.as_str()
+        )),
+    }
 }
 
 impl Started {
@@ -71,10 +121,18 @@ impl Started {
             return Ok(Some(event));
         }
         match self.group.next(self.deadline).await {
-            Ok(event) => Ok(event),
+            Ok(Some((index, event))) => {
+                self.observer.event(index, &event);
+                Ok(Some((index, event)))
+            }
+            Ok(None) => {
+                self.observer.finished();
+                Ok(None)
+            }
             Err(GroupError::Timeout) => {
                 let error = timed_out(&self.group).await;
                 self.group.cancel();
+                self.observer.event(0, &WorkerEvent::Failed(error.clone()));
                 Err(error)
             }
         }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use hearth_api::ApiError;
 
+use crate::admission::{Admission, QueueLimits};
 use crate::config::{ModelSpec, WorkerSettings};
+use crate::metrics::Metrics;
 use crate::worker::{spawn_worker, Worker};
 
 /// The id every server also answers to: its first model.
@@ -36,6 +38,8 @@ struct ModelEntry {
     /// Held while a worker starts, so concurrent first requests share one load.
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
     state: Mutex<ModelState>,
+    /// Requests wait here for one of the worker's slots.
+    admission: Arc<Admission>,
 }
 
 pub struct ModelManager {
@@ -43,10 +47,17 @@ pub struct ModelManager {
     by_id: HashMap<String, usize>,
     settings: WorkerSettings,
     runtime_dir: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl ModelManager {
-    pub fn new(specs: Vec<ModelSpec>, settings: WorkerSettings, runtime_dir: PathBuf) -> Self {
+    pub fn new(
+        specs: Vec<ModelSpec>,
+        settings: WorkerSettings,
+        queue: QueueLimits,
+        runtime_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut by_id = HashMap::new();
         let entries: Vec<Arc<ModelEntry>> = specs
             .into_iter()
@@ -57,6 +68,7 @@ impl ModelManager {
                     spec,
                     worker: tokio::sync::Mutex::new(None),
                     state: Mutex::new(ModelState::Unloaded),
+                    admission: Admission::new(settings.parallel, queue.clone()),
                 })
             })
             .collect();
@@ -68,6 +80,7 @@ impl ModelManager {
             by_id,
             settings,
             runtime_dir,
+            metrics,
         }
     }
 
@@ -81,6 +94,11 @@ impl ModelManager {
     /// The canonical id of a model (resolving `default`).
     pub fn resolve(&self, id: &str) -> Result<String, ApiError> {
         Ok(self.entry(id)?.spec.id.clone())
+    }
+
+    /// The queue in front of a model's worker.
+    pub fn admission(&self, id: &str) -> Result<Arc<Admission>, ApiError> {
+        Ok(self.entry(id)?.admission.clone())
     }
 
     /// (id, state) of every configured model.
@@ -103,12 +121,22 @@ impl ModelManager {
         if let Some(worker) = slot.as_ref().filter(|w| w.is_alive()) {
             return Ok(worker.clone());
         }
-        if slot.take().is_some() {
-            tracing::warn!(model = %entry.spec.id, "restarting a worker that died");
+        if let Some(dead) = slot.take() {
+            let reason = if dead.was_hung() { "hung" } else { "died" };
+            tracing::warn!(model = %entry.spec.id, reason, "restarting a worker");
+            self.metrics
+                .worker_restarts
+                .with_label_values(&[&entry.spec.id, reason])
+                .inc();
         }
         self.set_state(entry, ModelState::Loading);
+        let started = std::time::Instant::now();
         match spawn_worker(&entry.spec, &self.settings, &self.runtime_dir).await {
             Ok(worker) => {
+                self.metrics
+                    .model_load_seconds
+                    .with_label_values(&[&entry.spec.id])
+                    .observe(started.elapsed().as_secs_f64());
                 *slot = Some(worker.clone());
                 self.set_state(entry, ModelState::Loaded);
                 Ok(worker)

@@ -4,17 +4,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::from_fn_with_state;
 use axum::serve::ListenerExt;
+use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::ServerConfig;
+use crate::config::{AccessConfig, ServerConfig};
+use crate::gate::Gate;
+use crate::metrics::Metrics;
 use crate::models::ModelManager;
 use crate::routes::router;
 use crate::state::AppState;
-
-/// Largest request body accepted (images come later and are the big ones).
-const MAX_BODY_BYTES: usize = 16 << 20;
+use crate::{access, gate};
 
 /// Run the server until SIGINT or SIGTERM. `on_ready` gets the bound address.
 pub async fn serve(
@@ -22,14 +25,19 @@ pub async fn serve(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     let runtime_dir = create_runtime_dir()?;
+    let metrics = Arc::new(Metrics::new());
     let models = Arc::new(ModelManager::new(
         config.models.clone(),
         config.worker.clone(),
+        config.queue.clone(),
         runtime_dir.clone(),
+        metrics.clone(),
     ));
     let state = AppState {
         models: models.clone(),
+        metrics,
         request_timeout: config.request_timeout,
+        max_body_bytes: config.max_body_bytes,
     };
     if config.preload {
         for spec in &config.models {
@@ -51,9 +59,13 @@ pub async fn serve(
         }
     });
 
-    let app = router(state).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let app = app(state, &config.access)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
@@ -77,6 +89,52 @@ pub async fn serve(
     }
     let _ = std::fs::remove_dir_all(&runtime_dir);
     Ok(())
+}
+
+/// The routes inside their middleware, outermost first: CORS (preflights never need a
+/// key), request id + access log + rejection counts, then API keys and the rate limit.
+fn app(state: AppState, access: &AccessConfig) -> Result<Router> {
+    let gate = Gate::new(access);
+    gate.start_housekeeping();
+    let mut app = router(state.clone())
+        .layer(from_fn_with_state(gate, gate::check))
+        .layer(from_fn_with_state(state, access::track));
+    if !access.cors_origins.is_empty() {
+        app = app.layer(cors(&access.cors_origins)?);
+    }
+    Ok(app)
+}
+
+fn cors(origins: &[String]) -> Result<CorsLayer> {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad CORS origin {o:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-priority",
+        "x-request-id",
+    ]
+    .map(HeaderName::from_static);
+    let exposed = [
+        "x-request-id",
+        "retry-after",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ]
+    .map(HeaderName::from_static);
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(headers)
+        .expose_headers(exposed))
 }
 
 async fn shutdown_signal() {

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::models::ModelManager;
 
 #[derive(Clone)]
 pub struct AppState {
     pub models: Arc<ModelManager>,
+    pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
+    pub max_body_bytes: usize,
 }

@@ -80,6 +80,67 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30, env = "HEARTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Requests wait in the orchestrator, by `X-Priority`, while a model's slots are busy.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Queue")]
+pub struct QueueArgs {
+    /// Most requests waiting per model; past it new ones get 429 at once.
+    #[arg(long, default_value_t = 256, env = "HEARTH_MAX_QUEUE_DEPTH")]
+    pub max_queue_depth: usize,
+    /// Most `X-Priority: high` requests waiting per model [default: no own limit]
+    #[arg(long, env = "HEARTH_MAX_QUEUE_DEPTH_HIGH")]
+    pub max_queue_depth_high: Option<usize>,
+    /// Most normal-priority requests waiting per model [default: no own limit]
+    #[arg(long, env = "HEARTH_MAX_QUEUE_DEPTH_NORMAL")]
+    pub max_queue_depth_normal: Option<usize>,
+    /// Most low-priority requests waiting per model [default: no own limit]
+    #[arg(long, env = "HEARTH_MAX_QUEUE_DEPTH_LOW")]
+    pub max_queue_depth_low: Option<usize>,
+    /// Seconds a high-priority request may wait for a slot before it gets 503.
+    #[arg(long, default_value_t = 300.0, env = "HEARTH_QUEUE_TIMEOUT_HIGH")]
+    pub queue_timeout_high: f64,
+    /// Seconds a normal-priority request may wait for a slot.
+    #[arg(long, default_value_t = 120.0, env = "HEARTH_QUEUE_TIMEOUT_NORMAL")]
+    pub queue_timeout_normal: f64,
+    /// Seconds a low-priority request may wait for a slot.
+    #[arg(long, default_value_t = 60.0, env = "HEARTH_QUEUE_TIMEOUT_LOW")]
+    pub queue_timeout_low: f64,
+}
+
+/// Who may call the API and how often.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Access")]
+pub struct AccessArgs {
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health*; repeatable.
+    #[arg(
+        long = "api-key",
+        env = "HEARTH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "HEARTH_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Requests per minute per API key (per client address without keys); off by default.
+    #[arg(long, env = "HEARTH_RATE_LIMIT_RPM")]
+    pub rate_limit_rpm: Option<u32>,
+    /// Requests a client may send at once before the per-minute pace applies
+    /// [default: the per-minute limit]
+    #[arg(long, env = "HEARTH_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Origins browsers may call from (CORS), comma-separated, or `*`; none by default.
+    #[arg(long, env = "HEARTH_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 16 << 20, env = "HEARTH_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,12 @@ use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref(), cli.log_json);
+    // `hearth serve` writes one access-log line per request unless told otherwise.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,hearth_access=info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref(), cli.log_json, default_filter);
     let result = match cli.command {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Worker(args) => worker_cmd::run(args),
@@ -31,15 +36,19 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Logs go to stderr; llama.cpp's own chatter stays below `warn` unless asked for.
-fn init_logging(level: Option<&str>, json: bool) {
+fn init_logging(level: Option<&str>, json: bool, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        None => {
+            EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter))
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {

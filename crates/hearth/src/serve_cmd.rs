@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hearth_server::{ModelSpec, ServerConfig, WorkerSettings};
+use hearth_server::{
+    AccessConfig, ModelSpec, QueueLimits, RateLimit, ServerConfig, WorkerSettings,
+};
 
-use crate::cli::ServeArgs;
+use crate::cli::{AccessArgs, QueueArgs, ServeArgs};
 use crate::model_path;
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -49,6 +51,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         preload: args.preload,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        queue: queue_limits(&args.queue)?,
+        max_body_bytes: args.access.max_body_bytes,
+        access: access_config(&args.access)?,
     };
     let first_model = config.models[0].id.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +62,62 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.block_on(hearth_server::serve(config, |addr| {
         print_banner(addr, &first_model);
     }))
+}
+
+fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
+    let seconds = |s: f64, flag: &str| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("--{flag} must be a number of seconds, not {s}"))
+    };
+    let unlimited = |d: Option<usize>| d.unwrap_or(usize::MAX);
+    Ok(QueueLimits {
+        max_depth: args.max_queue_depth,
+        max_depth_per_priority: [
+            unlimited(args.max_queue_depth_high),
+            unlimited(args.max_queue_depth_normal),
+            unlimited(args.max_queue_depth_low),
+        ],
+        timeouts: [
+            seconds(args.queue_timeout_high, "queue-timeout-high")?,
+            seconds(args.queue_timeout_normal, "queue-timeout-normal")?,
+            seconds(args.queue_timeout_low, "queue-timeout-low")?,
+        ],
+    })
+}
+
+fn access_config(args: &AccessArgs) -> Result<AccessConfig> {
+    let mut api_keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if let Some(file) = &args.api_key_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading API keys from {}", file.display()))?;
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        if api_keys.is_empty() {
+            anyhow::bail!("{} holds no API keys", file.display());
+        }
+    }
+    let rate_limit = match args.rate_limit_rpm {
+        None => None,
+        Some(0) => anyhow::bail!("--rate-limit-rpm must be at least 1"),
+        Some(per_minute) => Some(RateLimit {
+            per_minute,
+            burst: args.rate_limit_burst.unwrap_or(per_minute).max(1),
+        }),
+    };
+    Ok(AccessConfig {
+        api_keys,
+        cors_origins: args.cors_origins.clone(),
+        rate_limit,
+    })
 }
 
 fn print_banner(addr: std::net::SocketAddr, model: &str) {

@@ -201,6 +201,7 @@ impl Worker {
                 Event::Delta { text, tokens } => FromWorker::Delta {
                     id,
                     text,
+                    token_count: tokens.len(),
                     tokens: if with_logprobs {
                         tokens.iter().map(|t| token_output(&model, t)).collect()
                     } else {

@@ -1,6 +1,5 @@
 //! `POST /v1/chat/completions`.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,13 +13,15 @@ use serde_json::{json, Value};
 
 use super::stream::{collect, sse, ChunkFormat, ResponseHead};
 use crate::error::HttpError;
+use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::start;
 use crate::ids::chat_completion_id;
 use crate::state::AppState;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    body: Bytes,
+    meta: RequestMeta,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, HttpError> {
     let request = parse_request::<ChatCompletionRequest>(&body)?;
     let params = request.params()?;
@@ -36,7 +37,7 @@ pub async fn chat_completions(
             (prompt, params.for_choice(i))
         })
         .collect();
-    let started = start(&state, &model, choices, n as usize).await?;
+    let started = start(&state, &model, choices, n as usize, &meta).await?;
     let meta = Meta {
         head: ResponseHead::new(
             chat_completion_id(),

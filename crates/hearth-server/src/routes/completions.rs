@@ -1,6 +1,5 @@
 //! `POST /v1/completions`: raw text continuation, no chat template.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,13 +12,15 @@ use serde_json::{json, Value};
 
 use super::stream::{collect, sse, ChunkFormat, ResponseHead};
 use crate::error::HttpError;
+use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::start;
 use crate::ids::completion_id;
 use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
-    body: Bytes,
+    meta: RequestMeta,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, HttpError> {
     let request = parse_request::<CompletionRequest>(&body)?;
     let params = request.params()?;
@@ -36,7 +37,7 @@ pub async fn completions(
             choices.push((spec, params.for_choice(i)));
         }
     }
-    let started = start(&state, &model, choices, n as usize).await?;
+    let started = start(&state, &model, choices, n as usize, &meta).await?;
     let mut meta = Meta {
         head: ResponseHead::new(completion_id(), &request.model, "text_completion"),
         logprobs: params.top_logprobs.is_some(),

@@ -3,6 +3,7 @@
 mod chat;
 mod completions;
 mod health;
+mod metrics;
 mod models;
 mod stream;
 
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(models::get))
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::metrics))
         .fallback(health::not_found)
         .with_state(state)
 }

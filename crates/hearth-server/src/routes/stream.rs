@@ -76,7 +76,7 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
         let result = &mut results[index];
         match event {
             WorkerEvent::Accepted { .. } => {}
-            WorkerEvent::Delta { text, tokens } => {
+            WorkerEvent::Delta { text, tokens, .. } => {
                 result.text.push_str(&text);
                 result.tokens.extend(tokens);
             }
@@ -188,7 +188,7 @@ impl<F: ChunkFormat> Driver<F> {
     fn on_event(&mut self, index: usize, event: WorkerEvent) {
         match event {
             WorkerEvent::Accepted { .. } => {}
-            WorkerEvent::Delta { text, tokens } => {
+            WorkerEvent::Delta { text, tokens, .. } => {
                 if let Some(chunk) = self.format.delta(index, &text, &tokens) {
                     self.push(chunk);
                 }

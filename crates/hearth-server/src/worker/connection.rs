@@ -58,7 +58,19 @@ pub(super) fn start_reaper(model: String, mut child: Child, shared: Arc<Shared>)
 fn route(shared: &Shared, message: FromWorker) {
     let (id, event) = match message {
         FromWorker::Accepted { id, prompt_tokens } => (id, WorkerEvent::Accepted { prompt_tokens }),
-        FromWorker::Delta { id, text, tokens } => (id, WorkerEvent::Delta { text, tokens }),
+        FromWorker::Delta {
+            id,
+            text,
+            tokens,
+            token_count,
+        } => (
+            id,
+            WorkerEvent::Delta {
+                text,
+                tokens,
+                token_count,
+            },
+        ),
         FromWorker::Done {
             id,
             finish_reason,

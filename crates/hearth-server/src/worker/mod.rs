@@ -29,6 +29,7 @@ pub enum WorkerEvent {
     Delta {
         text: String,
         tokens: Vec<TokenOutput>,
+        token_count: usize,
     },
     Done {
         finish_reason: String,
@@ -95,6 +96,11 @@ pub struct Worker {
 impl Worker {
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Whether it was killed for not answering.
+    pub fn was_hung(&self) -> bool {
+        self.shared.hung.load(Ordering::SeqCst)
     }
 
     /// Start one sequence per (prompt, params); their events arrive on one channel.

@@ -152,3 +152,72 @@ pub fn process_exists(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A response with its headers, for tests that look at more than the JSON.
+pub struct Reply {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn error_code(&self) -> Option<String> {
+        self.json()["error"]["code"].as_str().map(str::to_owned)
+    }
+}
+
+/// Any method, any headers; `body` sent as JSON when given.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+    let mut request = ureq::request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let result = match body {
+        Some(body) => request.send_json(body.clone()),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request to {url} failed: {e}"),
+    };
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), response.header(&name)?.to_owned())))
+        .collect();
+    Reply {
+        status: response.status(),
+        headers,
+        text: response.into_string().unwrap_or_default(),
+    }
+}
+
+impl Server {
+    /// A sample's value from /metrics: `name{labels}` with labels written as Prometheus
+    /// prints them (sorted, e.g. `model="smol",priority="low"`); 0 when absent.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        self.metric_with(name, labels, &[])
+    }
+
+    pub fn metric_with(&self, name: &str, labels: &str, headers: &[(&str, &str)]) -> f64 {
+        let text = send("GET", &self.url("/metrics"), headers, None).text;
+        let series = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{labels}}}")
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
