@@ -16,4 +16,7 @@ pub struct ModelCard {
     pub owned_by: String,
     /// hearth extension: loaded, loading, unloaded or failed.
     pub state: String,
+    /// hearth extension: why the last load failed, while `state` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

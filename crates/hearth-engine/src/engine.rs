@@ -74,6 +74,8 @@ pub struct StatsSnapshot {
     pub slots: usize,
     pub kv_used: usize,
     pub kv_capacity: usize,
+    /// Engine steps taken so far: a running request with no new steps is stuck.
+    pub steps: u64,
 }
 
 /// A validated request with its compiled constraint, ready to submit.
@@ -248,6 +250,7 @@ impl Engine {
             slots: self.config.parallel,
             kv_used: self.stats.kv_used.load(Ordering::Relaxed),
             kv_capacity: self.config.parallel * self.config.context_per_slot as usize,
+            steps: self.stats.steps.load(Ordering::Relaxed),
         }
     }
 }

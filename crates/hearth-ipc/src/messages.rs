@@ -55,6 +55,9 @@ pub struct WorkerStatus {
     /// Structured-output grammars compiled, and requests that reused a cached one.
     pub grammars_compiled: u64,
     pub grammar_cache_hits: u64,
+    /// Engine steps so far; unchanged while requests run means the engine is stuck.
+    #[serde(default)]
+    pub steps: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -95,6 +95,8 @@ struct Inner {
     waiting: BTreeMap<(Priority, u64), Waiter>,
     /// Moving average of how long an admitted request holds its slots (seconds).
     mean_service_secs: f64,
+    /// When a request last arrived or finished: idle unload and LRU eviction go by it.
+    last_used: Instant,
 }
 
 pub struct Admission {
@@ -122,6 +124,7 @@ impl Admission {
                 next_seq: 0,
                 waiting: BTreeMap::new(),
                 mean_service_secs: 1.0,
+                last_used: Instant::now(),
             }),
         })
     }
@@ -147,6 +150,12 @@ impl Admission {
         self.lock().running
     }
 
+    /// When the model last had work, if it has none now (nothing running or waiting).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let inner = self.lock();
+        (inner.running == 0 && inner.waiting.is_empty()).then_some(inner.last_used)
+    }
+
     /// Wait for `slots` free slots (one per choice; more than the worker has counts as all
     /// of them). Dropping the future leaves the queue at once.
     pub async fn admit(
@@ -157,6 +166,7 @@ impl Admission {
         let need = slots.clamp(1, self.capacity);
         let (key, woken) = {
             let mut inner = self.lock();
+            inner.last_used = Instant::now();
             if inner.waiting.is_empty() && inner.in_use + need <= self.capacity {
                 inner.in_use += need;
                 inner.running += 1;
@@ -233,6 +243,7 @@ impl Admission {
         let mut inner = self.lock();
         inner.in_use = inner.in_use.saturating_sub(need);
         inner.running = inner.running.saturating_sub(1);
+        inner.last_used = Instant::now();
         if let Some(held) = held {
             inner.mean_service_secs = 0.8 * inner.mean_service_secs + 0.2 * held.as_secs_f64();
         }

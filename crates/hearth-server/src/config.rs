@@ -5,47 +5,39 @@ use std::time::Duration;
 
 use crate::admission::QueueLimits;
 
-/// A model the server may load: its public id and its GGUF file.
-#[derive(Debug, Clone, PartialEq)]
+/// A model the server may load: its public id, its GGUF file and its own settings.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModelSpec {
     pub id: String,
     pub path: PathBuf,
+    /// Sequence slots; the server-wide `--parallel` when not set.
+    pub parallel: Option<usize>,
+    /// Context tokens per sequence; the server-wide `--ctx-size` when not set.
+    pub ctx_size: Option<u32>,
+    /// Unload after this long without requests (zero: never); the server-wide default when
+    /// not set.
+    pub idle_timeout: Option<Duration>,
 }
 
-impl ModelSpec {
-    /// `NAME=PATH`, or `PATH` served under its file stem.
-    pub fn parse(text: &str) -> Result<ModelSpec, String> {
-        let (id, path) = match text.split_once('=') {
-            Some((id, path)) => (id.to_owned(), PathBuf::from(path)),
-            None => {
-                let path = PathBuf::from(text);
-                let stem = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .ok_or_else(|| format!("cannot name a model after {text:?}"))?
-                    .to_owned();
-                (stem, path)
-            }
-        };
-        validate_id(&id)?;
-        Ok(ModelSpec { id, path })
-    }
-}
-
-/// Model ids travel in URLs, process names and file names: keep them plain.
+/// Model ids travel in URLs, process names and file names: keep them plain. A Hugging Face
+/// id (`org/name[:QUANT]`) is the one form with a slash.
 pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.contains('/') {
+        return crate::hub::HubRef::parse(id).map(|_| ());
+    }
     let ok = !id.is_empty()
         && id.len() <= 128
         && id != "."
         && id != ".."
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid model id {id:?}: use letters, digits, '-', '_' and '.' (at most 128)"
+            "invalid model id {id:?}: use letters, digits, '-', '_', '.' and ':' (at most 128), \
+             or a Hugging Face id org/name"
         ))
     }
 }
@@ -62,6 +54,8 @@ pub struct WorkerSettings {
     pub grammar_cache_size: usize,
     pub kv_unified: bool,
     pub load_timeout: Duration,
+    /// Leave workers alive when the orchestrator dies (tests of the orphan sweep only).
+    pub keep_orphans: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +75,27 @@ pub struct ServerConfig {
     pub access: AccessConfig,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    pub lifecycle: LifecycleConfig,
+}
+
+/// When models load and unload, and how workers are watched.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// Unload a model after this long without requests (zero: never), unless its spec says.
+    pub idle_timeout: Duration,
+    /// Most models loaded at once.
+    pub max_loaded_models: usize,
+    /// Memory all loaded models may use together (bytes).
+    pub memory_budget: u64,
+    /// How long a request waits for busy models to free memory before it gets 503.
+    pub memory_wait: Duration,
+    /// Where the worker registry lives.
+    pub state_dir: PathBuf,
+    /// How often every worker is pinged.
+    pub ping_interval: Duration,
+    /// A worker silent this long, or whose engine makes no progress this long while it has
+    /// requests, is killed.
+    pub hang_timeout: Duration,
 }
 
 /// Who may call the API, and how often.
@@ -106,15 +121,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn model_specs_parse_with_and_without_names() {
-        let spec = ModelSpec::parse("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
-        assert_eq!(spec.id, "SmolLM2-135M-Instruct.Q4_1");
-        let spec = ModelSpec::parse("smol=/x/y.gguf").unwrap();
-        assert_eq!(
-            (spec.id.as_str(), spec.path.to_str()),
-            ("smol", Some("/x/y.gguf"))
-        );
-        assert!(ModelSpec::parse("../x=/y.gguf").is_err());
-        assert!(ModelSpec::parse("a b=/y.gguf").is_err());
+    fn model_ids_are_plain_names_or_hub_ids() {
+        for ok in [
+            "smol",
+            "SmolLM2-135M-Instruct.Q4_1",
+            "org/name",
+            "org/name:Q4_K_M",
+            "x:y",
+        ] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "a b",
+            "../x",
+            "/etc/passwd",
+            "a/b/c",
+            "org/..",
+            "é",
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
     }
 }

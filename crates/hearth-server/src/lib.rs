@@ -5,17 +5,25 @@ pub mod admission;
 pub mod config;
 mod error;
 mod extract;
+mod footprint;
 mod gate;
 mod generate;
+pub mod hub;
 mod ids;
+mod memory;
 mod metrics;
 mod models;
 mod observe;
+pub mod registry;
 mod routes;
 mod server;
 mod state;
+mod supervisor;
 mod worker;
 
 pub use admission::{Priority, QueueLimits};
-pub use config::{AccessConfig, ModelSpec, RateLimit, ServerConfig, WorkerSettings};
+pub use config::{
+    AccessConfig, LifecycleConfig, ModelSpec, RateLimit, ServerConfig, WorkerSettings,
+};
+pub use memory::{tier_defaults, total_ram_bytes};
 pub use server::serve;

@@ -1,18 +1,25 @@
-//! The models this server may serve, and the worker (if any) running each.
+//! The models this server may serve and the worker (if any) running each: shared first
+//! loads, a backoff after failed loads, the memory budget with least-recently-used eviction
+//! of idle models, explicit load and unload, and models found in the Hugging Face cache.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use hearth_api::ApiError;
 
 use crate::admission::{Admission, QueueLimits};
-use crate::config::{ModelSpec, WorkerSettings};
-use crate::metrics::Metrics;
-use crate::worker::{spawn_worker, Worker};
+use crate::config::{LifecycleConfig, ModelSpec, WorkerSettings};
+use crate::footprint::{estimate, Footprint};
+use crate::hub;
+use crate::worker::{spawn_worker, SpawnContext, Worker};
 
 /// The id every server also answers to: its first model.
 pub const DEFAULT_ALIAS: &str = "default";
+
+/// How long an unloading worker gets to exit by itself before it is killed.
+const UNLOAD_GRACE: Duration = Duration::from_secs(3);
+/// Longest pause between load attempts of a model that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelState {
@@ -33,62 +40,160 @@ impl ModelState {
     }
 }
 
-struct ModelEntry {
-    spec: ModelSpec,
-    /// Held while a worker starts, so concurrent first requests share one load.
+/// What `/v1/models` and `/health/ready` say about one model.
+#[derive(Debug, Clone)]
+pub struct ModelView {
+    pub id: String,
+    pub state: ModelState,
+    /// Why the worker last went away, when it was not asked to.
+    pub last_restart: Option<String>,
+    pub footprint: Footprint,
+}
+
+struct Status {
+    state: ModelState,
+    /// Failed loads in a row, and when the next may be tried.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Counted against the memory budget while a worker is up.
+    loaded: bool,
+    footprint: Footprint,
+    last_restart: Option<String>,
+}
+
+pub struct ModelEntry {
+    pub spec: ModelSpec,
+    /// This model's worker settings: the server's with its own slots and context applied.
+    settings: WorkerSettings,
+    idle_timeout: Duration,
+    /// Held while a worker starts or stops, so concurrent first requests share one load.
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
-    state: Mutex<ModelState>,
+    status: Mutex<Status>,
     /// Requests wait here for one of the worker's slots.
     admission: Arc<Admission>,
 }
 
+impl ModelEntry {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, state: ModelState) {
+        self.status().state = state;
+    }
+
+    /// The running worker, if any, without waiting for a load in progress.
+    fn current_worker(&self) -> Option<Arc<Worker>> {
+        let slot = self.worker.try_lock().ok()?;
+        slot.as_ref().filter(|w| w.is_alive()).cloned()
+    }
+}
+
 pub struct ModelManager {
-    entries: Vec<Arc<ModelEntry>>,
-    by_id: HashMap<String, usize>,
-    settings: WorkerSettings,
-    runtime_dir: PathBuf,
-    metrics: Arc<Metrics>,
+    entries: RwLock<Vec<Arc<ModelEntry>>>,
+    defaults: WorkerSettings,
+    queue: QueueLimits,
+    lifecycle: LifecycleConfig,
+    spawn: SpawnContext,
+    /// One load at a time: memory accounting stays exact and loads do not fight for cores.
+    load_lock: tokio::sync::Mutex<()>,
 }
 
 impl ModelManager {
     pub fn new(
         specs: Vec<ModelSpec>,
-        settings: WorkerSettings,
+        defaults: WorkerSettings,
         queue: QueueLimits,
-        runtime_dir: PathBuf,
-        metrics: Arc<Metrics>,
+        lifecycle: LifecycleConfig,
+        spawn: SpawnContext,
     ) -> Self {
-        let mut by_id = HashMap::new();
-        let entries: Vec<Arc<ModelEntry>> = specs
-            .into_iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                by_id.insert(spec.id.clone(), i);
-                Arc::new(ModelEntry {
-                    spec,
-                    worker: tokio::sync::Mutex::new(None),
-                    state: Mutex::new(ModelState::Unloaded),
-                    admission: Admission::new(settings.parallel, queue.clone()),
-                })
-            })
-            .collect();
-        if !entries.is_empty() {
-            by_id.entry(DEFAULT_ALIAS.to_owned()).or_insert(0);
+        let manager = ModelManager {
+            entries: RwLock::new(Vec::new()),
+            defaults,
+            queue,
+            lifecycle,
+            spawn,
+            load_lock: tokio::sync::Mutex::new(()),
+        };
+        for spec in specs {
+            manager.add(spec);
         }
-        ModelManager {
-            entries,
-            by_id,
-            settings,
-            runtime_dir,
-            metrics,
-        }
+        manager
     }
 
-    fn entry(&self, id: &str) -> Result<&Arc<ModelEntry>, ApiError> {
-        self.by_id
-            .get(id)
-            .map(|&i| &self.entries[i])
-            .ok_or_else(|| ApiError::model_not_found(id))
+    fn add(&self, spec: ModelSpec) -> Arc<ModelEntry> {
+        let mut settings = self.defaults.clone();
+        settings.parallel = spec.parallel.unwrap_or(settings.parallel).max(1);
+        settings.ctx_size = spec.ctx_size.unwrap_or(settings.ctx_size);
+        let footprint = estimate(
+            &spec.path,
+            settings.ctx_size as u64 * settings.parallel as u64,
+        );
+        let entry = Arc::new(ModelEntry {
+            idle_timeout: spec.idle_timeout.unwrap_or(self.lifecycle.idle_timeout),
+            admission: Admission::new(settings.parallel, self.queue.clone()),
+            settings,
+            spec,
+            worker: tokio::sync::Mutex::new(None),
+            status: Mutex::new(Status {
+                state: ModelState::Unloaded,
+                failures: 0,
+                retry_at: None,
+                loaded: false,
+                footprint,
+                last_restart: None,
+            }),
+        });
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry.clone());
+        entry
+    }
+
+    fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A configured model, `default`, or a Hugging Face id already in the local cache
+    /// (requests never download, and never name a file).
+    fn entry(&self, id: &str) -> Result<Arc<ModelEntry>, ApiError> {
+        {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = entries.iter().find(|e| e.spec.id == id) {
+                return Ok(entry.clone());
+            }
+            if id == DEFAULT_ALIAS {
+                if let Some(first) = entries.first() {
+                    return Ok(first.clone());
+                }
+            }
+        }
+        let Ok(reference) = hub::HubRef::parse(id) else {
+            return Err(ApiError::model_not_found(id));
+        };
+        let path = hub::find_cached(&hub::cache_dir(), &reference).map_err(|reason| {
+            let mut error = ApiError::model_not_found(id);
+            error.message = format!(
+                "The model '{id}' is not served here: {reason}. Fetch it with `hearth pull {id}`."
+            );
+            error
+        })?;
+        // Two requests may race to add it: the second finds the first's entry.
+        let entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.iter().find(|e| e.spec.id == id) {
+            return Ok(entry.clone());
+        }
+        drop(entries);
+        tracing::info!(model = id, path = %path.display(), "serving a model from the Hugging Face cache");
+        Ok(self.add(ModelSpec {
+            id: id.to_owned(),
+            path,
+            ..ModelSpec::default()
+        }))
     }
 
     /// The canonical id of a model (resolving `default`).
@@ -101,15 +206,17 @@ impl ModelManager {
         Ok(self.entry(id)?.admission.clone())
     }
 
-    /// (id, state) of every configured model.
-    pub fn list(&self) -> Vec<(String, ModelState)> {
-        self.entries
+    pub fn list(&self) -> Vec<ModelView> {
+        self.entries()
             .iter()
             .map(|e| {
-                (
-                    e.spec.id.clone(),
-                    e.state.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                )
+                let status = e.status();
+                ModelView {
+                    id: e.spec.id.clone(),
+                    state: status.state.clone(),
+                    last_restart: status.last_restart.clone(),
+                    footprint: status.footprint,
+                }
             })
             .collect()
     }
@@ -121,53 +228,263 @@ impl ModelManager {
         if let Some(worker) = slot.as_ref().filter(|w| w.is_alive()) {
             return Ok(worker.clone());
         }
-        if let Some(dead) = slot.take() {
-            let reason = if dead.was_hung() { "hung" } else { "died" };
-            tracing::warn!(model = %entry.spec.id, reason, "restarting a worker");
-            self.metrics
-                .worker_restarts
-                .with_label_values(&[&entry.spec.id, reason])
-                .inc();
+        if slot.take().is_some() {
+            self.note_gone(&entry);
         }
-        self.set_state(entry, ModelState::Loading);
-        let started = std::time::Instant::now();
-        match spawn_worker(&entry.spec, &self.settings, &self.runtime_dir).await {
+        {
+            let status = entry.status();
+            if let (Some(retry_at), ModelState::Failed(cause)) = (status.retry_at, &status.state) {
+                let now = Instant::now();
+                if now < retry_at {
+                    let wait = (retry_at - now).as_secs_f64().ceil() as u64;
+                    return Err(ApiError::unavailable(format!(
+                        "model '{}' failed to load: {cause} (next try in {wait} s)",
+                        entry.spec.id
+                    ))
+                    .with_retry_after(wait));
+                }
+            }
+        }
+        let _loading = self.load_lock.lock().await;
+        self.make_room(&entry).await?;
+        entry.set_state(ModelState::Loading);
+        let started = Instant::now();
+        match spawn_worker(&entry.spec, &entry.settings, &self.spawn).await {
             Ok(worker) => {
-                self.metrics
+                self.spawn
+                    .metrics
                     .model_load_seconds
                     .with_label_values(&[&entry.spec.id])
                     .observe(started.elapsed().as_secs_f64());
+                let mut status = entry.status();
+                status.state = ModelState::Loaded;
+                status.failures = 0;
+                status.retry_at = None;
+                status.loaded = true;
+                drop(status);
                 *slot = Some(worker.clone());
-                self.set_state(entry, ModelState::Loaded);
                 Ok(worker)
             }
             Err(e) => {
-                self.set_state(entry, ModelState::Failed(e.message.clone()));
+                let mut status = entry.status();
+                status.failures += 1;
+                let backoff =
+                    Duration::from_secs(1 << (status.failures - 1).min(6)).min(MAX_BACKOFF);
+                status.retry_at = Some(Instant::now() + backoff);
+                status.state = ModelState::Failed(e.message.clone());
+                tracing::error!(model = %entry.spec.id, failures = status.failures, ?backoff, error = %e.message, "load failed");
                 Err(e)
             }
         }
     }
 
-    fn set_state(&self, entry: &ModelEntry, state: ModelState) {
-        *entry.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    /// A worker that was up has gone without being asked to.
+    fn note_gone(&self, entry: &ModelEntry) {
+        let mut status = entry.status();
+        if status.loaded {
+            status.loaded = false;
+            status.state = ModelState::Unloaded;
+            status.last_restart = Some(format!(
+                "worker exited unexpectedly at {}",
+                hearth_api::unix_now()
+            ));
+        }
+    }
+
+    /// Unload least-recently-used idle models until `entry` fits the memory budget and the
+    /// model count. Waits (bounded) while the models in the way are busy.
+    async fn make_room(&self, entry: &Arc<ModelEntry>) -> Result<(), ApiError> {
+        let need = entry.status().footprint.ram_bytes;
+        let budget = self.lifecycle.memory_budget;
+        if need > budget {
+            return Err(ApiError::new(
+                503,
+                "server_error",
+                Some("memory_budget_exceeded"),
+                format!(
+                    "model '{}' needs about {} MiB, more than the whole memory budget of {} MiB \
+                     (--memory-budget)",
+                    entry.spec.id,
+                    need >> 20,
+                    budget >> 20
+                ),
+            ));
+        }
+        let deadline = Instant::now() + self.lifecycle.memory_wait;
+        loop {
+            let others: Vec<Arc<ModelEntry>> = self
+                .entries()
+                .into_iter()
+                .filter(|e| !Arc::ptr_eq(e, entry) && e.status().loaded)
+                .collect();
+            let used: u64 = others.iter().map(|e| e.status().footprint.ram_bytes).sum();
+            if used + need <= budget && others.len() < self.lifecycle.max_loaded_models {
+                return Ok(());
+            }
+            // The idle model used longest ago goes first.
+            let mut idle: Vec<(Instant, &Arc<ModelEntry>)> = others
+                .iter()
+                .filter_map(|e| Some((e.admission.idle_since()?, e)))
+                .collect();
+            idle.sort_by_key(|(since, _)| *since);
+            let mut evicted = false;
+            for (_, victim) in idle {
+                if self.unload_entry(victim, "evicted to make room").await? {
+                    evicted = true;
+                    break;
+                }
+            }
+            if evicted {
+                continue;
+            }
+            if Instant::now() >= deadline {
+                let busy: Vec<&str> = others.iter().map(|e| e.spec.id.as_str()).collect();
+                return Err(ApiError::unavailable(format!(
+                    "cannot load model '{}': the models in memory ({}) are busy and there is \
+                     no room for another (memory budget {} MiB, at most {} loaded); retry later",
+                    entry.spec.id,
+                    busy.join(", "),
+                    budget >> 20,
+                    self.lifecycle.max_loaded_models
+                ))
+                .with_retry_after(5));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Load a model now (`POST /v1/models/{id}/load`).
+    pub async fn load(&self, id: &str) -> Result<(), ApiError> {
+        self.worker(id).await.map(|_| ())
+    }
+
+    /// Unload a model now (`POST /v1/models/{id}/unload`); 409 while it has requests.
+    pub async fn unload(&self, id: &str) -> Result<bool, ApiError> {
+        let entry = self.entry(id)?;
+        if entry.admission.idle_since().is_none() {
+            return Err(ApiError::new(
+                409,
+                "invalid_request_error",
+                Some("model_busy"),
+                format!(
+                    "model '{}' has requests in flight; unload it when they finish",
+                    entry.spec.id
+                ),
+            ));
+        }
+        let mut slot = entry.worker.lock().await;
+        Ok(self
+            .stop_worker(&entry, &mut slot, "unloaded on request")
+            .await)
+    }
+
+    /// Unload an idle model if nobody is using or loading it. Ok(true) if it was unloaded.
+    async fn unload_entry(&self, entry: &Arc<ModelEntry>, why: &str) -> Result<bool, ApiError> {
+        let Ok(mut slot) = entry.worker.try_lock() else {
+            return Ok(false);
+        };
+        if entry.admission.idle_since().is_none() {
+            return Ok(false);
+        }
+        Ok(self.stop_worker(entry, &mut slot, why).await)
+    }
+
+    async fn stop_worker(
+        &self,
+        entry: &ModelEntry,
+        slot: &mut Option<Arc<Worker>>,
+        why: &str,
+    ) -> bool {
+        let Some(worker) = slot.take() else {
+            return false;
+        };
+        tracing::info!(model = %entry.spec.id, pid = worker.pid, why, "unloading");
+        worker.stop(UNLOAD_GRACE).await;
+        let mut status = entry.status();
+        status.loaded = false;
+        status.state = ModelState::Unloaded;
+        true
+    }
+
+    /// Unload models idle past their timeout. Called periodically.
+    pub async fn unload_idle(&self) {
+        for entry in self.entries() {
+            if entry.idle_timeout.is_zero() || !entry.status().loaded {
+                continue;
+            }
+            let idle_for = entry.admission.idle_since().map(|since| since.elapsed());
+            if idle_for.is_some_and(|d| d >= entry.idle_timeout) {
+                let _ = self.unload_entry(&entry, "idle timeout").await;
+            }
+        }
+    }
+
+    /// Ping every worker; kill those silent, or stuck on running requests, for longer than
+    /// `hang_timeout`. Called periodically.
+    pub async fn check_workers(&self) {
+        let hang = self.lifecycle.hang_timeout;
+        let workers = self.running_workers().await;
+        let pongs = futures_util::future::join_all(workers.iter().map(|w| w.ping())).await;
+        for (worker, pong) in workers.iter().zip(pongs) {
+            if let Some(status) = pong {
+                worker.record_pong(status);
+                if let Some(bytes) = crate::registry::resident_bytes(worker.pid) {
+                    self.note_measured(&worker.model_id, bytes);
+                }
+            }
+            let liveness = worker.liveness();
+            if liveness.last_pong.elapsed() > hang {
+                self.note_killed(worker, "unresponsive");
+            } else if liveness.progress_at.elapsed() > hang {
+                self.note_killed(worker, "stalled");
+            }
+        }
+    }
+
+    fn note_killed(&self, worker: &Worker, reason: &'static str) {
+        worker.kill_for(reason);
+        if let Ok(entry) = self.entry(&worker.model_id) {
+            let mut status = entry.status();
+            status.loaded = false;
+            status.state = ModelState::Unloaded;
+            status.last_restart = Some(format!("killed ({reason}) at {}", hearth_api::unix_now()));
+        }
+    }
+
+    /// A loaded model's real memory use replaces the estimate when larger.
+    fn note_measured(&self, id: &str, bytes: u64) {
+        if let Ok(entry) = self.entry(id) {
+            let mut status = entry.status();
+            status.footprint.ram_bytes = status.footprint.ram_bytes.max(bytes);
+        }
     }
 
     /// Workers that are running now. A model that is loading is skipped rather than waited
     /// for: health checks must answer while a model loads.
     pub async fn running_workers(&self) -> Vec<Arc<Worker>> {
         let mut out = Vec::new();
-        for entry in &self.entries {
+        for entry in self.entries() {
             let Ok(slot) = entry.worker.try_lock() else {
                 continue;
             };
-            if let Some(w) = slot.as_ref() {
-                if w.is_alive() {
-                    out.push(w.clone());
-                } else {
-                    self.set_state(entry, ModelState::Unloaded);
-                }
+            match slot.as_ref() {
+                Some(w) if w.is_alive() => out.push(w.clone()),
+                Some(_) => self.note_gone(&entry),
+                None => {}
             }
         }
         out
+    }
+
+    /// The worker of a model if one is up (no load started).
+    pub fn loaded_worker(&self, id: &str) -> Option<Arc<Worker>> {
+        self.entry(id).ok()?.current_worker()
+    }
+
+    /// Stop every worker (server shutdown).
+    pub async fn stop_all(&self) {
+        let workers = self.running_workers().await;
+        futures_util::future::join_all(workers.iter().map(|w| w.stop(Duration::from_millis(500))))
+            .await;
     }
 }

@@ -15,9 +15,11 @@ use crate::config::{AccessConfig, ServerConfig};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::models::ModelManager;
+use crate::registry::Registry;
 use crate::routes::router;
 use crate::state::AppState;
-use crate::{access, gate};
+use crate::worker::SpawnContext;
+use crate::{access, gate, supervisor};
 
 /// Run the server until SIGINT or SIGTERM. `on_ready` gets the bound address.
 pub async fn serve(
@@ -26,12 +28,17 @@ pub async fn serve(
 ) -> Result<()> {
     let runtime_dir = create_runtime_dir()?;
     let metrics = Arc::new(Metrics::new());
+    let registry = open_registry(&config.lifecycle.state_dir);
     let models = Arc::new(ModelManager::new(
         config.models.clone(),
         config.worker.clone(),
         config.queue.clone(),
-        runtime_dir.clone(),
-        metrics.clone(),
+        config.lifecycle.clone(),
+        SpawnContext {
+            runtime_dir: runtime_dir.clone(),
+            registry,
+            metrics: metrics.clone(),
+        },
     ));
     let state = AppState {
         models: models.clone(),
@@ -47,6 +54,7 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
     }
+    supervisor::start(models.clone(), config.lifecycle.ping_interval);
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -80,13 +88,7 @@ pub async fn serve(
         } => tracing::warn!("grace period over; closing remaining connections"),
     }
     tracing::info!("stopping workers");
-    for worker in models.running_workers().await {
-        worker.shutdown();
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    for worker in models.running_workers().await {
-        worker.kill();
-    }
+    models.stop_all().await;
     let _ = std::fs::remove_dir_all(&runtime_dir);
     Ok(())
 }
@@ -145,6 +147,26 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}
+
+/// The worker registry, after killing workers a dead server left behind. Without one (an
+/// unwritable state directory) the server still runs; PDEATHSIG remains the first defence.
+fn open_registry(state_dir: &std::path::Path) -> Option<Arc<Registry>> {
+    let registry = match Registry::open(state_dir) {
+        Ok(registry) => registry,
+        Err(e) => {
+            tracing::warn!(dir = %state_dir.display(), %e, "no worker registry");
+            return None;
+        }
+    };
+    match registry.sweep_orphans() {
+        Ok(killed) if !killed.is_empty() => {
+            tracing::warn!(?killed, "removed workers left by a server that died")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%e, "could not read the worker registry"),
+    }
+    Some(Arc::new(registry))
 }
 
 /// A private directory (mode 0700) for worker sockets.

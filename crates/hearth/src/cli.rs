@@ -32,6 +32,8 @@ pub enum Command {
     Run(RunArgs),
     /// Measure prefill and decode speed (tokens per second) on a model.
     Bench(BenchArgs),
+    /// Download a model from Hugging Face into the local cache (org/name or org/name:QUANT).
+    Pull(PullArgs),
     /// Internal: one model's worker process, started by `hearth serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -44,10 +46,15 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8080, env = "HEARTH_PORT")]
     pub port: u16,
-    /// A model to serve: `PATH` (served under its file stem) or `NAME=PATH`; repeatable.
-    /// The first is also `default`. [default: the default model]
+    /// A model to serve: a GGUF `PATH` (served under its file stem), a Hugging Face id
+    /// `org/name[:QUANT]` (from the local cache, downloaded if missing), or `NAME=` either;
+    /// repeatable. The first is also `default`. [default: the default model]
     #[arg(long, short, env = "HEARTH_MODELS", value_delimiter = ',')]
     pub model: Vec<String>,
+    /// A TOML file naming models and their settings (`[[models]]` with id, path or hub,
+    /// ctx_size, parallel, idle_timeout).
+    #[arg(long, env = "HEARTH_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Sequences each worker decodes together.
     #[arg(long, default_value_t = 4, env = "HEARTH_PARALLEL")]
     pub parallel: usize,
@@ -81,9 +88,46 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, env = "HEARTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: u64,
     #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
     pub queue: QueueArgs,
     #[command(flatten)]
     pub access: AccessArgs,
+}
+
+/// When models load and unload, and how workers are watched.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Models and workers")]
+pub struct LifecycleArgs {
+    /// Seconds without requests before a model is unloaded (0 = never).
+    #[arg(long, default_value_t = 300.0, env = "HEARTH_IDLE_TIMEOUT")]
+    pub idle_timeout: f64,
+    /// Most models loaded at once [default: 1 / 2 / 4 for 16 / 32 / 64+ GB of RAM]
+    #[arg(long, env = "HEARTH_MAX_LOADED_MODELS")]
+    pub max_loaded_models: Option<usize>,
+    /// Memory all loaded models may use, e.g. `12GiB` or `800MB`
+    /// [default: 50% / 60% / 70% of RAM for 16 / 32 / 64+ GB]
+    #[arg(long, env = "HEARTH_MEMORY_BUDGET")]
+    pub memory_budget: Option<String>,
+    /// Seconds a request waits for busy models to make room before it gets 503.
+    #[arg(long, default_value_t = 30.0, env = "HEARTH_MEMORY_WAIT")]
+    pub memory_wait: f64,
+    /// Where the worker registry lives [default: $XDG_STATE_HOME/hearth]
+    #[arg(long, env = "HEARTH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between health pings to every worker.
+    #[arg(long, default_value_t = 5.0, env = "HEARTH_PING_INTERVAL")]
+    pub ping_interval: f64,
+    /// Seconds a worker may go without answering pings, or with running requests but no
+    /// engine progress, before it is killed and restarted.
+    #[arg(long, default_value_t = 30.0, env = "HEARTH_HANG_TIMEOUT")]
+    pub hang_timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `org/name`, `org/name:QUANT` (e.g. Q4_K_M) or `org/name:FILE.gguf`.
+    pub model: String,
 }
 
 /// Requests wait in the orchestrator, by `X-Priority`, while a model's slots are busy.

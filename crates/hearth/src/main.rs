@@ -2,8 +2,10 @@
 
 mod bench_cmd;
 mod cli;
+mod config_file;
 mod http_bench;
 mod model_path;
+mod pull_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod worker_cmd;
@@ -25,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => worker_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Pull(args) => pull_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

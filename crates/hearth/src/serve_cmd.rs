@@ -3,28 +3,39 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hearth_server::config::validate_id;
+use hearth_server::hub::{self, HubRef};
 use hearth_server::{
-    AccessConfig, ModelSpec, QueueLimits, RateLimit, ServerConfig, WorkerSettings,
+    tier_defaults, total_ram_bytes, AccessConfig, LifecycleConfig, ModelSpec, QueueLimits,
+    RateLimit, ServerConfig, WorkerSettings,
 };
 
-use crate::cli::{AccessArgs, QueueArgs, ServeArgs};
-use crate::model_path;
+use crate::cli::{AccessArgs, LifecycleArgs, QueueArgs, ServeArgs};
+use crate::{config_file, model_path};
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let models = if args.model.is_empty() {
+    let mut models = Vec::new();
+    if let Some(file) = &args.config {
+        for entry in config_file::load(file)?.models {
+            models.push(model_from_file(entry)?);
+        }
+    }
+    for text in &args.model {
+        models.push(model_from_arg(text)?);
+    }
+    if models.is_empty() {
         let path = model_path::resolve(None);
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("default")
             .to_owned();
-        vec![ModelSpec { id: stem, path }]
-    } else {
-        args.model
-            .iter()
-            .map(|m| ModelSpec::parse(m).map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<_>>>()?
-    };
+        models.push(ModelSpec {
+            id: stem,
+            path,
+            ..ModelSpec::default()
+        });
+    }
     for spec in &models {
         if !spec.path.is_file() {
             anyhow::bail!(
@@ -33,6 +44,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 spec.id
             );
         }
+    }
+    let mut ids = std::collections::HashSet::new();
+    if let Some(twice) = models.iter().find(|m| !ids.insert(m.id.as_str())) {
+        anyhow::bail!(
+            "two models are named '{}'; give one an alias (NAME=...)",
+            twice.id
+        );
     }
     let config = ServerConfig {
         host: args.host,
@@ -47,10 +65,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             grammar_cache_size: args.grammar_cache_size,
             kv_unified: args.kv_unified,
             load_timeout: Duration::from_secs(args.load_timeout),
+            keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),
         },
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         preload: args.preload,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        lifecycle: lifecycle_config(&args.lifecycle)?,
         queue: queue_limits(&args.queue)?,
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
@@ -64,11 +84,118 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }))
 }
 
-fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
-    let seconds = |s: f64, flag: &str| {
-        Duration::try_from_secs_f64(s)
-            .map_err(|_| anyhow::anyhow!("--{flag} must be a number of seconds, not {s}"))
+/// `--model` values: `[NAME=]PATH` or `[NAME=]org/name[:QUANT]`.
+fn model_from_arg(text: &str) -> Result<ModelSpec> {
+    let (alias, source) = match text.split_once('=') {
+        Some((alias, source)) => (Some(alias), source),
+        None => (None, text),
     };
+    let looks_like_file = source.to_ascii_lowercase().ends_with(".gguf")
+        || source.starts_with(['/', '.', '~'])
+        || std::path::Path::new(source).is_file();
+    let (id, path) = if looks_like_file {
+        let path = std::path::PathBuf::from(source);
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("a model file needs a name")?
+            .to_owned();
+        (alias.map(str::to_owned).unwrap_or(stem), path)
+    } else {
+        let path = hub_file(source)?;
+        (alias.unwrap_or(source).to_owned(), path)
+    };
+    validate_id(&id).map_err(anyhow::Error::msg)?;
+    Ok(ModelSpec {
+        id,
+        path,
+        ..ModelSpec::default()
+    })
+}
+
+fn model_from_file(entry: config_file::ModelEntry) -> Result<ModelSpec> {
+    let (default_id, path) = match (&entry.path, &entry.hub) {
+        (Some(path), _) => (
+            path.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model")
+                .to_owned(),
+            path.clone(),
+        ),
+        (None, Some(hub)) => (hub.clone(), hub_file(hub)?),
+        (None, None) => anyhow::bail!("a model needs a path or a hub id"),
+    };
+    let id = entry.id.unwrap_or(default_id);
+    validate_id(&id).map_err(anyhow::Error::msg)?;
+    let idle_timeout = entry
+        .idle_timeout
+        .map(|s| seconds(s, "idle_timeout"))
+        .transpose()?;
+    Ok(ModelSpec {
+        id,
+        path,
+        parallel: entry.parallel,
+        ctx_size: entry.ctx_size,
+        idle_timeout,
+    })
+}
+
+/// A hub id's GGUF: from the Hugging Face cache, downloaded when missing (unless offline).
+fn hub_file(id: &str) -> Result<std::path::PathBuf> {
+    let reference = HubRef::parse(id).map_err(anyhow::Error::msg)?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    hub::fetch(&reference, progress).map_err(anyhow::Error::msg)
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("{what} must be a number of seconds, not {s}"))
+}
+
+fn lifecycle_config(args: &LifecycleArgs) -> Result<LifecycleConfig> {
+    let total = total_ram_bytes().unwrap_or(16 << 30);
+    let (tier_budget, tier_models) = tier_defaults(total);
+    let memory_budget = match &args.memory_budget {
+        Some(text) => parse_bytes(text)?,
+        None => tier_budget,
+    };
+    Ok(LifecycleConfig {
+        idle_timeout: seconds(args.idle_timeout, "--idle-timeout")?,
+        max_loaded_models: args.max_loaded_models.unwrap_or(tier_models).max(1),
+        memory_budget,
+        memory_wait: seconds(args.memory_wait, "--memory-wait")?,
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(hearth_server::registry::default_state_dir),
+        ping_interval: seconds(args.ping_interval, "--ping-interval")?,
+        hang_timeout: seconds(args.hang_timeout, "--hang-timeout")?,
+    })
+}
+
+/// `12GiB`, `800MB`, `1.5G`, `4096` (bytes). Decimal and binary units both mean powers of 2:
+/// nobody sizes RAM in powers of ten.
+fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("--memory-budget: {text:?} is not a size like 12GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => anyhow::bail!("--memory-budget: unknown unit {other:?} (use MiB or GiB)"),
+    };
+    Ok((value * scale as f64) as u64)
+}
+
+fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
     let unlimited = |d: Option<usize>| d.unwrap_or(usize::MAX);
     Ok(QueueLimits {
         max_depth: args.max_queue_depth,
@@ -78,9 +205,9 @@ fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
             unlimited(args.max_queue_depth_low),
         ],
         timeouts: [
-            seconds(args.queue_timeout_high, "queue-timeout-high")?,
-            seconds(args.queue_timeout_normal, "queue-timeout-normal")?,
-            seconds(args.queue_timeout_low, "queue-timeout-low")?,
+            seconds(args.queue_timeout_high, "--queue-timeout-high")?,
+            seconds(args.queue_timeout_normal, "--queue-timeout-normal")?,
+            seconds(args.queue_timeout_low, "--queue-timeout-low")?,
         ],
     })
 }
@@ -130,4 +257,31 @@ fn print_banner(addr: std::net::SocketAddr, model: &str) {
          \x20 python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}\", api_key=\"none\"); \
          print(c.chat.completions.create(model=\"default\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}]).choices[0].message.content)'\n"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("12GiB").unwrap(), 12 << 30);
+        assert_eq!(parse_bytes("800MB").unwrap(), 800 << 20);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn model_arguments_are_files_or_hub_ids() {
+        let spec = model_from_arg("smol=models/x.gguf").unwrap();
+        assert_eq!(
+            (spec.id.as_str(), spec.path.to_str()),
+            ("smol", Some("models/x.gguf"))
+        );
+        assert_eq!(model_from_arg("/a/b.gguf").unwrap().id, "b");
+        assert!(model_from_arg("bad id=/a/b.gguf").is_err());
+        assert!(model_from_arg("org/na me").is_err(), "not a hub id");
+    }
 }

@@ -264,6 +264,7 @@ impl Worker {
                     waiting: stats.waiting,
                     slots: stats.slots,
                     kv_used: stats.kv_used,
+                    steps: stats.steps,
                     kv_capacity: stats.kv_capacity,
                     grammars_compiled,
                     grammar_cache_hits,

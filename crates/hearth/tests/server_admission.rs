@@ -289,6 +289,7 @@ fn the_rate_limit_answers_429_with_openai_headers() {
 #[test]
 fn cors_body_limit_and_request_ids() {
     let server = Server::start(&[
+        "--log-json",
         "--cors-origins",
         "http://app.example",
         "--max-body-bytes",
@@ -343,13 +344,20 @@ fn cors_body_limit_and_request_ids() {
     let generated = send("GET", &server.url("/v1/models"), &[], None);
     let id = generated.header("x-request-id").unwrap();
     assert!(id.starts_with("req-") && id.len() > 20, "{id}");
-    // One access-log line for the completion, with its facts.
+    // One access-log line (JSON with --log-json) for the completion, with its facts.
     wait_until("the access log line", Duration::from_secs(5), || {
         server.stderr_lines.lock().unwrap().iter().any(|line| {
-            line.contains("hearth_access")
-                && line.contains("trace-42")
-                && line.contains("status=200")
-                && line.contains("completion_tokens=2")
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                return false;
+            };
+            let fields = &entry["fields"];
+            entry["target"] == "hearth_access"
+                && fields["request_id"] == "trace-42"
+                && fields["status"] == 200
+                && fields["model"] == "smol"
+                && fields["priority"] == "normal"
+                && fields["completion_tokens"] == 2
+                && fields["total_ms"].is_u64()
         })
     });
 }

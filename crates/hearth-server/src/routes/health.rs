@@ -8,45 +8,72 @@ use hearth_api::ApiError;
 use serde_json::json;
 
 use crate::error::HttpError;
+use crate::models::ModelState;
 use crate::state::AppState;
 
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Every model's state; every running worker is pinged now. 503 while any worker does not
+/// answer (it is being killed and restarted); `degraded` when a model failed to load.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let workers = state.models.running_workers().await;
     let pings = futures_util::future::join_all(workers.iter().map(|w| w.ping())).await;
     let mut models = serde_json::Map::new();
+    for view in state.models.list() {
+        let mut entry = json!({
+            "state": view.state.as_str(),
+            "memory_estimate_bytes": view.footprint.ram_bytes,
+        });
+        if let ModelState::Failed(cause) = &view.state {
+            entry["error"] = json!(cause);
+        }
+        if let Some(reason) = &view.last_restart {
+            entry["last_restart"] = json!(reason);
+        }
+        if let Ok(admission) = state.models.admission(&view.id) {
+            let queue = admission.snapshot();
+            entry["queued"] = json!({
+                "high": queue.waiting[0], "normal": queue.waiting[1], "low": queue.waiting[2],
+            });
+        }
+        models.insert(view.id, entry);
+    }
     let mut unresponsive = Vec::new();
     for (worker, pong) in workers.iter().zip(pings) {
-        let entry = match pong {
-            Some(status) => json!({
-                "status": "ready",
-                "pid": worker.pid,
-                "running": status.running,
-                "waiting": status.waiting,
-                "slots": status.slots,
-                "context_per_slot": worker.ready.context_per_slot,
-                "kv_used": status.kv_used,
-                "kv_capacity": status.kv_capacity,
-                "grammars_compiled": status.grammars_compiled,
-                "grammar_cache_hits": status.grammar_cache_hits,
-            }),
+        let Some(entry) = models.get_mut(&worker.model_id) else {
+            continue;
+        };
+        entry["pid"] = json!(worker.pid);
+        match pong {
+            Some(status) => {
+                entry["status"] = json!("ready");
+                entry["running"] = json!(status.running);
+                entry["waiting"] = json!(status.waiting);
+                entry["slots"] = json!(status.slots);
+                entry["context_per_slot"] = json!(worker.ready.context_per_slot);
+                entry["kv_used"] = json!(status.kv_used);
+                entry["kv_capacity"] = json!(status.kv_capacity);
+                entry["grammars_compiled"] = json!(status.grammars_compiled);
+                entry["grammar_cache_hits"] = json!(status.grammar_cache_hits);
+            }
             None => {
                 unresponsive.push(worker.model_id.clone());
-                json!({"status": "unresponsive", "pid": worker.pid})
+                entry["status"] = json!("unresponsive");
             }
-        };
-        models.insert(worker.model_id.clone(), entry);
+        }
     }
-    let status = if unresponsive.is_empty() {
-        StatusCode::OK
+    let failed = models.values().any(|m| m["state"] == "failed");
+    let (status, word) = if !unresponsive.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if failed {
+        (StatusCode::OK, "degraded")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ready")
     };
     let body = json!({
-        "status": if unresponsive.is_empty() { "ready" } else { "unavailable" },
+        "status": word,
         "unresponsive": unresponsive,
         "models": models,
     });

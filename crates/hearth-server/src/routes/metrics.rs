@@ -7,13 +7,15 @@ use axum::response::IntoResponse;
 
 use crate::admission::Priority;
 use crate::models::ModelState;
+use crate::registry::resident_bytes;
 use crate::state::AppState;
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = &state.metrics;
     let mut loaded = 0;
-    for (model, model_state) in state.models.list() {
-        if model_state == ModelState::Loaded {
+    for view in state.models.list() {
+        let model = view.id;
+        if view.state == ModelState::Loaded {
             loaded += 1;
         }
         if let Ok(admission) = state.models.admission(&model) {
@@ -31,11 +33,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     metrics.models_loaded.set(loaded);
-    let workers = state.models.running_workers().await;
-    let pongs = futures_util::future::join_all(workers.iter().map(|w| w.ping())).await;
-    for (worker, pong) in workers.iter().zip(pongs) {
+    // The periodic pings' last answers: a scrape never waits on a worker.
+    for worker in state.models.running_workers().await {
         let model = worker.model_id.as_str();
-        if let Some(status) = pong {
+        if let Some(status) = worker.liveness().last_status {
             let usage = status.kv_used as f64 / status.kv_capacity.max(1) as f64;
             metrics
                 .kv_cache_usage
@@ -53,15 +54,4 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         metrics.render(),
     )
-}
-
-/// Resident set size of a process, from `/proc/<pid>/statm` (in pages).
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page_size)
 }

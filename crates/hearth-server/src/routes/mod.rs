@@ -17,7 +17,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::get))
+        .route("/v1/models/{*id}", get(models::get).post(models::action))
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))

@@ -1,46 +1,78 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`.
+//! `GET /v1/models`, `GET /v1/models/{id}`, and `POST /v1/models/{id}/load|unload`.
 
 use axum::extract::{Path, State};
 use axum::Json;
 use hearth_api::models::{ModelCard, ModelList};
 use hearth_api::ApiError;
+use serde_json::{json, Value};
 
 use crate::error::HttpError;
-use crate::models::ModelState;
+use crate::models::{ModelState, ModelView};
 use crate::state::AppState;
 
-fn card(id: String, state: &ModelState) -> ModelCard {
+fn card(view: ModelView) -> ModelCard {
+    let error = match &view.state {
+        ModelState::Failed(cause) => Some(cause.clone()),
+        _ => None,
+    };
     ModelCard {
-        id,
+        id: view.id,
         object: "model".into(),
         created: 0,
         owned_by: "hearth".into(),
-        state: state.as_str().into(),
+        state: view.state.as_str().into(),
+        error,
     }
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
-        data: state
-            .models
-            .list()
-            .into_iter()
-            .map(|(id, s)| card(id, &s))
-            .collect(),
+        data: state.models.list().into_iter().map(card).collect(),
     })
+}
+
+fn view_of(state: &AppState, id: &str) -> Result<ModelView, ApiError> {
+    let resolved = state.models.resolve(id)?;
+    state
+        .models
+        .list()
+        .into_iter()
+        .find(|m| m.id == resolved)
+        .ok_or_else(|| ApiError::model_not_found(id))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, HttpError> {
-    let resolved = state.models.resolve(&id)?;
-    let (id, model_state) = state
-        .models
-        .list()
-        .into_iter()
-        .find(|(m, _)| *m == resolved)
-        .ok_or_else(|| ApiError::model_not_found(&id))?;
-    Ok(Json(card(id, &model_state)))
+    Ok(Json(card(view_of(&state, &id)?)))
+}
+
+/// `{id}/load` or `{id}/unload` (ids may hold a slash: `org/name`).
+pub async fn action(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let (id, verb) = path
+        .rsplit_once('/')
+        .filter(|(_, verb)| matches!(*verb, "load" | "unload"))
+        .ok_or_else(|| {
+            ApiError::not_found("use POST /v1/models/{id}/load or /v1/models/{id}/unload")
+        })?;
+    let id = state.models.resolve(id)?;
+    let changed = if verb == "load" {
+        let was_loaded = state.models.loaded_worker(&id).is_some();
+        state.models.load(&id).await?;
+        !was_loaded
+    } else {
+        state.models.unload(&id).await?
+    };
+    let view = view_of(&state, &id)?;
+    Ok(Json(json!({
+        "id": view.id,
+        "object": "model",
+        "state": view.state.as_str(),
+        "changed": changed,
+    })))
 }

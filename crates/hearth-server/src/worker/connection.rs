@@ -10,6 +10,8 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::{Shared, WorkerEvent};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 pub(super) fn start_writer(
     mut socket: OwnedWriteHalf,
@@ -40,18 +42,43 @@ pub(super) fn start_reader(model: String, mut socket: OwnedReadHalf, shared: Arc
     });
 }
 
-/// Reap the child exactly once, and log how it ended.
-pub(super) fn start_reaper(model: String, mut child: Child, shared: Arc<Shared>) {
+/// Reap the child exactly once, log how it ended, and count it as a restart unless we
+/// asked it to stop.
+pub(super) fn start_reaper(
+    model: String,
+    mut child: Child,
+    shared: Arc<Shared>,
+    registry: Option<Arc<Registry>>,
+    metrics: Arc<Metrics>,
+) {
     tokio::spawn(async move {
+        let pid = child.id();
         let status = child.wait().await;
-        let hung = shared.hung.load(Ordering::SeqCst);
-        match status {
-            Ok(status) if status.success() => tracing::info!(%model, "worker exited"),
-            Ok(status) if hung => tracing::warn!(%model, %status, "hung worker killed"),
-            Ok(status) => tracing::error!(%model, %status, "worker died"),
-            Err(e) => tracing::error!(%model, %e, "waiting for the worker failed"),
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        let killed_for = *shared.kill_reason.lock().unwrap_or_else(|e| e.into_inner());
+        match (&status, killed_for) {
+            (Ok(status), _) if stopping => tracing::info!(%model, %status, "worker exited"),
+            (Ok(status), Some(reason)) => {
+                tracing::warn!(%model, %status, reason, "worker killed; a new one starts on the next request")
+            }
+            (Ok(status), None) => {
+                tracing::error!(%model, %status, "worker died; a new one starts on the next request")
+            }
+            (Err(e), _) => tracing::error!(%model, %e, "waiting for the worker failed"),
+        }
+        if !stopping {
+            let reason = killed_for.unwrap_or("crashed");
+            metrics
+                .worker_restarts
+                .with_label_values(&[&model, reason])
+                .inc();
+        }
+        if let (Some(registry), Some(pid)) = (registry, pid) {
+            registry.remove(pid);
         }
         shared.fail_all(&model);
+        shared.exited.store(true, Ordering::SeqCst);
+        shared.exit_notify.notify_waiters();
     });
 }
 

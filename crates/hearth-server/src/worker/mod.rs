@@ -5,17 +5,17 @@ mod group;
 mod spawn;
 
 pub use group::{GroupError, RequestGroup};
-pub use spawn::spawn_worker;
+pub use spawn::{spawn_worker, SpawnContext};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_api::logprobs::TokenOutput;
 use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::{PromptSpec, ToWorker, WorkerReady, WorkerStatus};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How long a worker has to answer a ping before it counts as hung.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,6 +54,13 @@ pub(crate) struct Shared {
     alive: AtomicBool,
     /// Set before a hung worker is killed, so its requests get 504 rather than 503.
     hung: AtomicBool,
+    /// Set when we asked it to exit (unload, shutdown): its exit is not a restart.
+    stopping: AtomicBool,
+    /// Why we killed it, for the log and `worker_restarts_total`.
+    kill_reason: Mutex<Option<&'static str>>,
+    /// The process has been reaped.
+    exited: AtomicBool,
+    exit_notify: Notify,
 }
 
 impl Shared {
@@ -84,6 +91,15 @@ impl Shared {
     }
 }
 
+/// What the periodic pings have seen.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub last_pong: Instant,
+    pub last_status: Option<WorkerStatus>,
+    /// When the engine's step counter last moved (or the worker was last idle).
+    pub progress_at: Instant,
+}
+
 pub struct Worker {
     pub model_id: String,
     pub pid: u32,
@@ -91,6 +107,7 @@ pub struct Worker {
     outbox: mpsc::UnboundedSender<ToWorker>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
+    liveness: Mutex<Liveness>,
 }
 
 impl Worker {
@@ -98,9 +115,62 @@ impl Worker {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
-    /// Whether it was killed for not answering.
-    pub fn was_hung(&self) -> bool {
-        self.shared.hung.load(Ordering::SeqCst)
+    pub fn liveness(&self) -> Liveness {
+        *self.liveness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Note a ping's answer: the engine made progress if its step count moved or it has
+    /// nothing to do.
+    pub fn record_pong(&self, status: WorkerStatus) {
+        let mut liveness = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let moved = liveness.last_status.is_none_or(|s| s.steps != status.steps);
+        if moved || status.running + status.waiting == 0 {
+            liveness.progress_at = now;
+        }
+        liveness.last_pong = now;
+        liveness.last_status = Some(status);
+    }
+
+    /// Kill it for `reason` (e.g. `unresponsive`, `stalled`): its requests fail at once and
+    /// the next request gets a fresh worker.
+    pub fn kill_for(&self, reason: &'static str) {
+        if !self.is_alive() {
+            return;
+        }
+        tracing::error!(model = %self.model_id, pid = self.pid, reason, "killing worker");
+        *self
+            .shared
+            .kill_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.shared.hung.store(true, Ordering::SeqCst);
+        self.kill();
+        self.shared.fail_all(&self.model_id);
+    }
+
+    /// Ask it to exit and wait up to `grace`; kill it if it has not. Not counted as a restart.
+    pub async fn stop(&self, grace: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.outbox.send(ToWorker::Shutdown);
+        if !self.wait_exit(grace).await {
+            self.kill();
+            self.wait_exit(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Wait until the process is reaped; false if `timeout` passed first.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
+        let reaped = async {
+            loop {
+                let notified = self.shared.exit_notify.notified();
+                if self.shared.exited.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, reaped).await.is_ok()
     }
 
     /// Start one sequence per (prompt, params); their events arrive on one channel.
@@ -160,11 +230,8 @@ impl Worker {
         if !self.is_alive() || self.ping().await.is_some() {
             return false;
         }
-        tracing::error!(model = %self.model_id, pid = self.pid, "worker stopped responding; killing it");
-        self.shared.hung.store(true, Ordering::SeqCst);
-        self.kill();
         // Dead from now on: the next request must get a fresh worker, not this one.
-        self.shared.fail_all(&self.model_id);
+        self.kill_for("unresponsive");
         true
     }
 
@@ -173,10 +240,5 @@ impl Worker {
         self.shared.alive.store(false, Ordering::SeqCst);
         let pid = nix::unistd::Pid::from_raw(self.pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-
-    /// Ask the worker to exit.
-    pub fn shutdown(&self) {
-        let _ = self.outbox.send(ToWorker::Shutdown);
     }
 }

@@ -1,9 +1,10 @@
 //! Starting a worker: re-execute our own binary as `hearth worker`, named
 //! `hearth-worker-<model>`, killed by the kernel if we die, connected over a private socket.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hearth_api::ApiError;
 use hearth_ipc::{read_frame_async, FromWorker};
@@ -11,18 +12,41 @@ use tokio::net::UnixListener;
 use tokio::process::Command;
 
 use super::connection::{start_reader, start_reaper, start_writer};
-use super::{Shared, Worker};
+use super::{Liveness, Shared, Worker};
 use crate::config::{ModelSpec, WorkerSettings};
+use crate::metrics::Metrics;
+use crate::registry::{process_start_time, Registry, WorkerRecord};
 
 static SPAWNED: AtomicU64 = AtomicU64::new(0);
 
+/// What every worker start needs from the orchestrator.
+pub struct SpawnContext {
+    /// The private (0700) directory for sockets.
+    pub runtime_dir: PathBuf,
+    pub registry: Option<Arc<Registry>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `settings` are the model's own (its slots and context already applied).
 pub async fn spawn_worker(
     spec: &ModelSpec,
     settings: &WorkerSettings,
-    runtime_dir: &Path,
+    context: &SpawnContext,
 ) -> Result<Arc<Worker>, ApiError> {
     let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let socket_path = runtime_dir.join(format!("{}-{n}.sock", spec.id));
+    // Hub ids hold '/' and ':': keep socket names to plain characters.
+    let file_id: String = spec
+        .id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let socket_path = context.runtime_dir.join(format!("{file_id}-{n}.sock"));
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)
         .map_err(|e| ApiError::internal(format!("cannot create worker socket: {e}")))?;
@@ -53,17 +77,32 @@ pub async fn spawn_worker(
     if let Some(threads) = settings.threads {
         command.arg("--threads").arg(threads.to_string());
     }
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
+    // The kernel kills the worker when we die. Tests of the orphan sweep turn this off to
+    // leave a live worker behind on purpose.
+    if !settings.keep_orphans {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     let mut child = command
         .spawn()
         .map_err(|e| ApiError::internal(format!("cannot start a worker process: {e}")))?;
     let pid = child.id().unwrap_or(0);
+    if let Some(registry) = &context.registry {
+        let me = std::process::id();
+        registry.add(WorkerRecord {
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+            orchestrator_pid: me,
+            orchestrator_start_time: process_start_time(me).unwrap_or(0),
+            model: spec.id.clone(),
+            socket: socket_path.clone(),
+        });
+    }
     let failed = |message: String| {
         let _ = std::fs::remove_file(&socket_path);
         ApiError::worker_failed(format!("model '{}' failed to load: {message}", spec.id))
@@ -94,6 +133,9 @@ pub async fn spawn_worker(
         Err(message) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
+            if let Some(registry) = &context.registry {
+                registry.remove(pid);
+            }
             return Err(failed(message));
         }
     };
@@ -106,7 +148,13 @@ pub async fn spawn_worker(
     let (outbox, inbox) = tokio::sync::mpsc::unbounded_channel();
     start_writer(writer, inbox);
     start_reader(spec.id.clone(), reader, shared.clone());
-    start_reaper(spec.id.clone(), child, shared.clone());
+    start_reaper(
+        spec.id.clone(),
+        child,
+        shared.clone(),
+        context.registry.clone(),
+        context.metrics.clone(),
+    );
     tracing::info!(model = %spec.id, pid, slots = ready.slots, "worker ready");
     Ok(Arc::new(Worker {
         model_id: spec.id.clone(),
@@ -115,5 +163,10 @@ pub async fn spawn_worker(
         outbox,
         shared,
         next_id: AtomicU64::new(1),
+        liveness: Mutex::new(Liveness {
+            last_pong: Instant::now(),
+            last_status: None,
+            progress_at: Instant::now(),
+        }),
     }))
 }
