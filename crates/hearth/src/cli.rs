@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve models over an OpenAI-compatible HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Chat with a model: one reply to PROMPT, or an interactive chat without one.
     Run(RunArgs),
     /// Measure prefill and decode speed (tokens per second) on a model.

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     };
     init_logging(cli.log_level.as_deref(), cli.log_json, default_filter);
     let result = match cli.command {
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Worker(args) => worker_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),

@@ -23,7 +23,20 @@ impl Server {
     /// Start with the default model under the id `smol`, plus any extra flags.
     pub fn start(extra: &[&str]) -> Server {
         let model = format!("smol={}", model_path().display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        let mut args = vec!["--model", model.as_str()];
+        args.extend_from_slice(extra);
+        Server::launch(&args, &[])
+    }
+
+    /// `hearth serve` with these arguments (models included) and environment, on a free
+    /// port, with its own state directory unless the environment names one.
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state_dir =
+            std::env::temp_dir().join(format!("hearth-test-state-{}-{n}", std::process::id()));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        command
             .args([
                 "serve",
                 "--port",
@@ -32,15 +45,14 @@ impl Server {
                 "2",
                 "--ctx-size",
                 "1024",
-                "--model",
-                &model,
             ])
-            .args(extra)
+            .args(args)
             .env("HEARTH_LOG", "hearth=info")
+            .env("HEARTH_STATE_DIR", &state_dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hearth binary runs");
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the hearth binary runs");
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
