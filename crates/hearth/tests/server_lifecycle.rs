@@ -290,7 +290,7 @@ fn idle_models_unload_and_come_back_and_load_unload_work_on_demand() {
     let long = std::thread::spawn(move || {
         ureq::post(&url)
             .send_json(json!({
-                "model": "keep", "prompt": "Once upon a time", "max_tokens": 300,
+                "model": "keep", "prompt": "Once upon a time", "max_tokens": 150,
                 "logit_bias": {"0": -100, "1": -100, "2": -100},
             }))
             .map(|r| r.status())
