@@ -206,6 +206,12 @@ impl<'m> Scheduler<'m> {
 
     /// One decode: a token for every running sequence, then prompt chunks up to the batch size.
     fn step(&mut self) {
+        // With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
+        // one ubatch (`split_equal(sequential)`): a batch in any other order is decoded as
+        // several ubatches, each a full pass over the weights. Ascending slot order (with
+        // the lowest free slot reused first) keeps a step to one pass; it measured 1.8x at 8
+        // sequences once slots had been recycled.
+        self.running.sort_unstable_by_key(|seq| seq.slot);
         self.batch.clear();
         let mut budget = self.batch_size;
         for seq in &mut self.running {
@@ -314,6 +320,9 @@ impl<'m> Scheduler<'m> {
             tracing::warn!(%e, slot, "clearing a sequence's KV cells failed");
         }
         self.free_slots.push(seq.slot);
+        // Highest first, so `pop` hands out the lowest free slot: running slots stay packed
+        // (see `step`).
+        self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     fn publish_stats(&self) {
