@@ -77,8 +77,8 @@ pub struct ServeArgs {
     /// Load every model at start-up instead of on first request.
     #[arg(long, env = "HEARTH_PRELOAD")]
     pub preload: bool,
-    /// Share one KV buffer across sequences: ~15-20% faster batched decode, but a request's
-    /// output may then depend on what runs alongside it.
+    /// Share one KV buffer across sequences (every sequence then attends over all cells, and
+    /// its output may depend on what runs alongside it; measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]
     pub kv_unified: bool,
     /// Compiled structured-output grammars each worker keeps (LRU).
@@ -224,8 +224,8 @@ pub struct EngineArgs {
     /// Layers to offload to the GPU (builds with GPU support only).
     #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
     pub gpu_layers: u32,
-    /// Share one KV buffer across sequences: faster batched decode, but outputs may depend
-    /// on what runs alongside.
+    /// Share one KV buffer across sequences (outputs may then depend on what runs alongside;
+    /// measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]
     pub kv_unified: bool,
 }
