@@ -93,9 +93,12 @@ pub struct LifecycleConfig {
     pub state_dir: PathBuf,
     /// How often every worker is pinged.
     pub ping_interval: Duration,
-    /// A worker silent this long, or whose engine makes no progress this long while it has
-    /// requests, is killed.
+    /// A worker that answers no ping for this long is killed.
     pub hang_timeout: Duration,
+    /// A worker whose engine takes no step for this long while it has requests is killed.
+    /// One step can be a long prompt chunk on a big model, so this is the request timeout,
+    /// not the (shorter) ping deadline.
+    pub stall_timeout: Duration,
 }
 
 /// Who may call the API, and how often.

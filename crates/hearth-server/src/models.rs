@@ -419,8 +419,8 @@ impl ModelManager {
         }
     }
 
-    /// Ping every worker; kill those silent, or stuck on running requests, for longer than
-    /// `hang_timeout`. Called periodically.
+    /// Ping every worker; kill those silent for `hang_timeout`, or stuck on running requests
+    /// for `stall_timeout`. Called periodically.
     pub async fn check_workers(&self) {
         let hang = self.lifecycle.hang_timeout;
         let workers = self.running_workers().await;
@@ -435,7 +435,7 @@ impl ModelManager {
             let liveness = worker.liveness();
             if liveness.last_pong.elapsed() > hang {
                 self.note_killed(worker, "unresponsive");
-            } else if liveness.progress_at.elapsed() > hang {
+            } else if liveness.progress_at.elapsed() > self.lifecycle.stall_timeout {
                 self.note_killed(worker, "stalled");
             }
         }

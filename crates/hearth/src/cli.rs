@@ -118,8 +118,8 @@ pub struct LifecycleArgs {
     /// Seconds between health pings to every worker.
     #[arg(long, default_value_t = 5.0, env = "HEARTH_PING_INTERVAL")]
     pub ping_interval: f64,
-    /// Seconds a worker may go without answering pings, or with running requests but no
-    /// engine progress, before it is killed and restarted.
+    /// Seconds a worker may go without answering pings before it is killed and restarted.
+    /// (One whose engine makes no progress on running requests gets --request-timeout.)
     #[arg(long, default_value_t = 30.0, env = "HEARTH_HANG_TIMEOUT")]
     pub hang_timeout: f64,
 }

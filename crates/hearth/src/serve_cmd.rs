@@ -70,7 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         preload: args.preload,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        lifecycle: lifecycle_config(&args.lifecycle)?,
+        lifecycle: lifecycle_config(&args.lifecycle, args.request_timeout)?,
         queue: queue_limits(&args.queue)?,
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
@@ -152,7 +152,7 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
         .map_err(|_| anyhow::anyhow!("{what} must be a number of seconds, not {s}"))
 }
 
-fn lifecycle_config(args: &LifecycleArgs) -> Result<LifecycleConfig> {
+fn lifecycle_config(args: &LifecycleArgs, request_timeout: u64) -> Result<LifecycleConfig> {
     let total = total_ram_bytes().unwrap_or(16 << 30);
     let (tier_budget, tier_models) = tier_defaults(total);
     let memory_budget = match &args.memory_budget {
@@ -170,6 +170,7 @@ fn lifecycle_config(args: &LifecycleArgs) -> Result<LifecycleConfig> {
             .unwrap_or_else(hearth_server::registry::default_state_dir),
         ping_interval: seconds(args.ping_interval, "--ping-interval")?,
         hang_timeout: seconds(args.hang_timeout, "--hang-timeout")?,
+        stall_timeout: Duration::from_secs(request_timeout.max(1)),
     })
 }
 
