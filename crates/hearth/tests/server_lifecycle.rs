@@ -468,13 +468,13 @@ fn a_worker_that_stops_answering_pings_is_killed_and_replaced() {
         Duration::from_secs(10),
         || !process_exists(pid),
     );
-    assert_eq!(
+    // Reaping (and counting) follows the kill by a moment.
+    wait_until("the restart to be counted", Duration::from_secs(5), || {
         server.metric(
             "hearth:worker_restarts_total",
-            "model=\"smol\",reason=\"unresponsive\""
-        ),
-        1.0
-    );
+            "model=\"smol\",reason=\"unresponsive\"",
+        ) == 1.0
+    });
     let (status, ready) = server.get("/health/ready");
     assert_eq!(status, 200, "{ready}");
     assert!(ready["models"]["smol"]["last_restart"]
