@@ -224,6 +224,9 @@ impl ModelManager {
     /// A running worker for the model, started if needed.
     pub async fn worker(&self, id: &str) -> Result<Arc<Worker>, ApiError> {
         let entry = self.entry(id)?;
+        // Counted from now, not from when this request gets the model's lock: requests
+        // queued behind one that waits for room give up with it, not one after another.
+        let room_deadline = Instant::now() + self.lifecycle.memory_wait;
         let mut slot = entry.worker.lock().await;
         if let Some(worker) = slot.as_ref().filter(|w| w.is_alive()) {
             return Ok(worker.clone());
@@ -246,7 +249,7 @@ impl ModelManager {
             }
         }
         let _loading = self.load_lock.lock().await;
-        self.make_room(&entry).await?;
+        self.make_room(&entry, room_deadline).await?;
         entry.set_state(ModelState::Loading);
         let started = Instant::now();
         match spawn_worker(&entry.spec, &entry.settings, &self.spawn).await {
@@ -293,7 +296,7 @@ impl ModelManager {
 
     /// Unload least-recently-used idle models until `entry` fits the memory budget and the
     /// model count. Waits (bounded) while the models in the way are busy.
-    async fn make_room(&self, entry: &Arc<ModelEntry>) -> Result<(), ApiError> {
+    async fn make_room(&self, entry: &Arc<ModelEntry>, deadline: Instant) -> Result<(), ApiError> {
         let need = entry.status().footprint.ram_bytes;
         let budget = self.lifecycle.memory_budget;
         if need > budget {
@@ -310,7 +313,6 @@ impl ModelManager {
                 ),
             ));
         }
-        let deadline = Instant::now() + self.lifecycle.memory_wait;
         loop {
             let others: Vec<Arc<ModelEntry>> = self
                 .entries()
