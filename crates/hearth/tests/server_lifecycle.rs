@@ -341,7 +341,7 @@ fn loading_past_the_limits_evicts_the_least_recently_used_idle_model() {
         std::thread::spawn(move || {
             ureq::post(&url)
                 .send_json(json!({
-                    "model": model, "prompt": "Once upon a time", "max_tokens": 300,
+                    "model": model, "prompt": "Once upon a time", "max_tokens": 200,
                     "logit_bias": {"0": -100, "1": -100, "2": -100},
                 }))
                 .map(|r| r.status())
