@@ -235,17 +235,19 @@ fn idle_models_unload_and_come_back_and_load_unload_work_on_demand() {
             "--model",
             &alias("smol"),
             "--idle-timeout",
-            "1",
+            "3",
             "--max-loaded-models",
             "2",
         ],
         &[],
     );
     assert_eq!(state_of(&server, "smol"), "unloaded");
-    assert_eq!(ask(&server, "smol").0, 200);
     assert_eq!(ask(&server, "keep").0, 200);
-    let first = server.worker_pid("smol").unwrap();
-    wait_until("smol to unload when idle", Duration::from_secs(10), || {
+    assert_eq!(ask(&server, "smol").0, 200);
+    let first = server
+        .worker_pid("smol")
+        .expect("loaded for the idle timeout after its request");
+    wait_until("smol to unload when idle", Duration::from_secs(15), || {
         state_of(&server, "smol") == "unloaded"
     });
     wait_until("its worker to exit", Duration::from_secs(5), || {
@@ -341,7 +343,7 @@ fn loading_past_the_limits_evicts_the_least_recently_used_idle_model() {
         std::thread::spawn(move || {
             ureq::post(&url)
                 .send_json(json!({
-                    "model": model, "prompt": "Once upon a time", "max_tokens": 200,
+                    "model": model, "prompt": "Once upon a time", "max_tokens": 400,
                     "logit_bias": {"0": -100, "1": -100, "2": -100},
                 }))
                 .map(|r| r.status())
