@@ -37,12 +37,15 @@ impl Server {
             std::env::temp_dir().join(format!("hearth-test-state-{}-{n}", std::process::id()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
         command
+            // One thread per worker: tests run side by side, some with two workers busy at
+            // once, on two cores. More llama.cpp threads than cores makes ggml's spinning
+            // barriers wait out whole time slices, and everything slows to a crawl.
             .args([
                 "serve",
                 "--port",
                 "0",
                 "--threads",
-                "2",
+                "1",
                 "--ctx-size",
                 "1024",
             ])
