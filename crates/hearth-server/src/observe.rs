@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus::Histogram;
+
 use crate::access::AccessRecord;
 use crate::metrics::Metrics;
 use crate::worker::WorkerEvent;
@@ -12,6 +14,8 @@ pub struct RequestObserver {
     metrics: Arc<Metrics>,
     model: String,
     record: Arc<AccessRecord>,
+    /// Looked up once: the per-token path should not hash label values on every delta.
+    inter_token_latency: Histogram,
     first_token: Option<Instant>,
     /// When each choice last produced tokens.
     last_token: Vec<Option<Instant>>,
@@ -26,6 +30,7 @@ impl RequestObserver {
         choices: usize,
     ) -> Self {
         RequestObserver {
+            inter_token_latency: metrics.inter_token_latency.with_label_values(&[model]),
             metrics,
             model: model.to_owned(),
             record,
@@ -57,12 +62,8 @@ impl RequestObserver {
                 if let Some(Some(last)) = self.last_token.get(index) {
                     // A delta may carry several tokens (held back by a stop string).
                     let gap = (now - *last).as_secs_f64() / *token_count as f64;
-                    let histogram = self
-                        .metrics
-                        .inter_token_latency
-                        .with_label_values(&[&self.model]);
                     for _ in 0..*token_count {
-                        histogram.observe(gap);
+                        self.inter_token_latency.observe(gap);
                     }
                 }
                 if let Some(last) = self.last_token.get_mut(index) {

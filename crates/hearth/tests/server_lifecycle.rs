@@ -30,6 +30,24 @@ fn ask(server: &Server, model: &str) -> (u16, Value) {
     )
 }
 
+/// A completion of `max_tokens` that may not end early, on its own thread; yields its status.
+fn long_completion(
+    server: &Server,
+    model: &'static str,
+    max_tokens: usize,
+) -> std::thread::JoinHandle<u16> {
+    let url = server.url("/v1/completions");
+    std::thread::spawn(move || {
+        ureq::post(&url)
+            .send_json(json!({
+                "model": model, "prompt": "Once upon a time", "max_tokens": max_tokens,
+                "logit_bias": {"0": -100, "1": -100, "2": -100},
+            }))
+            .map(|r| r.status())
+            .unwrap_or(0)
+    })
+}
+
 fn state_of(server: &Server, model: &str) -> String {
     let (_, list) = server.get("/v1/models");
     list["data"]
@@ -288,16 +306,7 @@ fn idle_models_unload_and_come_back_and_load_unload_work_on_demand() {
     assert_eq!(status, 404);
 
     // A model with a request in flight is not unloaded.
-    let url = server.url("/v1/completions");
-    let long = std::thread::spawn(move || {
-        ureq::post(&url)
-            .send_json(json!({
-                "model": "keep", "prompt": "Once upon a time", "max_tokens": 150,
-                "logit_bias": {"0": -100, "1": -100, "2": -100},
-            }))
-            .map(|r| r.status())
-            .unwrap_or(0)
-    });
+    let long = long_completion(&server, "keep", 150);
     wait_until("the long request to run", Duration::from_secs(10), || {
         server.metric("hearth:num_requests_running", "model=\"keep\"") == 1.0
     });
@@ -338,19 +347,10 @@ fn loading_past_the_limits_evicts_the_least_recently_used_idle_model() {
 
     // Both loaded models busy: the third waits --memory-wait, then 503 with Retry-After;
     // nothing in use is evicted.
-    let busy = |model: &'static str| {
-        let url = server.url("/v1/completions");
-        std::thread::spawn(move || {
-            ureq::post(&url)
-                .send_json(json!({
-                    "model": model, "prompt": "Once upon a time", "max_tokens": 400,
-                    "logit_bias": {"0": -100, "1": -100, "2": -100},
-                }))
-                .map(|r| r.status())
-                .unwrap_or(0)
-        })
-    };
-    let (busy_a, busy_c) = (busy("a"), busy("c"));
+    let (busy_a, busy_c) = (
+        long_completion(&server, "a", 400),
+        long_completion(&server, "c", 400),
+    );
     wait_until("both to run", Duration::from_secs(10), || {
         server.metric("hearth:num_requests_running", "model=\"a\"") == 1.0
             && server.metric("hearth:num_requests_running", "model=\"c\"") == 1.0
