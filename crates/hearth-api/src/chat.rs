@@ -18,6 +18,14 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
     pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    /// Legacy function calling; refused until tool calls are parsed.
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
+    /// Output modalities: only `["text"]` is served.
+    pub modalities: Option<Value>,
+    /// Audio output settings: refused, no audio is generated.
+    pub audio: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +92,67 @@ impl ChatCompletionRequest {
             }
             e
         })
+    }
+
+    /// Features this server does not offer are refused by name rather than ignored; returns
+    /// the tool definitions the template should see (none when `tool_choice` is "none").
+    pub fn tools_for_template(&self) -> Result<Option<Vec<Value>>, ApiError> {
+        for (param, value) in [
+            ("functions", &self.functions),
+            ("function_call", &self.function_call),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::invalid_value(
+                    param,
+                    format!("'{param}' (legacy function calling) is not supported; use 'tools'"),
+                ));
+            }
+        }
+        if self.audio.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid_value(
+                "audio",
+                "audio output is not supported: this server generates text only",
+            ));
+        }
+        if let Some(modalities) = self.modalities.as_ref().filter(|v| !v.is_null()) {
+            let text_only = modalities
+                .as_array()
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|v| v == "text"));
+            if !text_only {
+                return Err(ApiError::invalid_value(
+                    "modalities",
+                    "only the \"text\" modality is supported",
+                ));
+            }
+        }
+        let choice = self.tool_choice.as_ref().filter(|v| !v.is_null());
+        match choice.map(|c| c.as_str()) {
+            None | Some(Some("auto")) => {}
+            Some(Some("none")) => return Ok(None),
+            Some(_) => {
+                return Err(ApiError::invalid_value(
+                    "tool_choice",
+                    "tool_choice may be \"auto\" or \"none\" here: forcing a tool call is not supported yet",
+                ))
+            }
+        }
+        let Some(tools) = &self.tools else {
+            return Ok(None);
+        };
+        for (i, tool) in tools.iter().enumerate() {
+            let named = tool.get("type").and_then(Value::as_str) == Some("function")
+                && tool
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty());
+            if !named {
+                return Err(ApiError::invalid_value(
+                    &format!("tools[{i}]"),
+                    "each tool must be {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ));
+            }
+        }
+        Ok(Some(tools.clone()))
     }
 
     /// Messages as the chat template sees them: content flattened to text.

@@ -60,6 +60,26 @@ impl ApiError {
         .with_param(Some("messages"))
     }
 
+    /// Prompt plus `max_tokens` do not fit the context (OpenAI's wording and code).
+    pub fn completion_exceeds_context(
+        prompt_tokens: usize,
+        max_tokens: usize,
+        context_tokens: usize,
+    ) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            format!(
+                "This model's maximum context length is {context_tokens} tokens. However, you \
+                 requested {} tokens ({prompt_tokens} in the prompt, {max_tokens} in the \
+                 completion). Please reduce the prompt or max_tokens.",
+                prompt_tokens + max_tokens
+            ),
+        )
+        .with_param(Some("max_tokens"))
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod depth;
 pub mod error;
 pub mod format;
 pub mod logprobs;
@@ -14,6 +15,14 @@ pub use params::{GenerationParams, StopSpec};
 
 /// Parse a JSON request body; a type error names the parameter it is about.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if let Err(deep) = depth::check_depth(body, depth::MAX_JSON_DEPTH) {
+        let limit = depth::MAX_JSON_DEPTH;
+        let message = match &deep.field {
+            Some(field) => format!("'{field}' is nested more than {limit} levels deep"),
+            None => format!("the request body is nested more than {limit} levels deep"),
+        };
+        return Err(ApiError::invalid_request(message, deep.field.as_deref()));
+    }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!("the request body is not valid JSON: {e}"), None)
     })?;

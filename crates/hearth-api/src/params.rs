@@ -13,6 +13,46 @@ pub const MAX_STOP: usize = 4;
 pub const MAX_N: u32 = 16;
 /// Most alternatives per token (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Longest stop string, in bytes. The stop matcher holds back and rescans up to this much
+/// text per token: four 3 MiB stop strings slowed every stream of a worker to 35 ms/token.
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most sequences one request may run (prompts × `n`).
+pub const MAX_SEQUENCES: usize = 64;
+/// Most prompt bytes one request may ask the model to read, over all its sequences
+/// (prompt bytes × `n`, summed over prompts). A 15 MiB prompt with `n: 16` would otherwise
+/// mean 240 MiB of prefill work queued behind one request.
+pub const MAX_PROMPT_WORK_BYTES: usize = 32 << 20;
+
+/// Refuse requests whose total work is out of bounds before anything is queued.
+/// `prompt_bytes` holds the size of each distinct prompt; each runs `n` times.
+pub fn check_request_size(prompt_bytes: &[usize], n: u32) -> Result<(), ApiError> {
+    let sequences = prompt_bytes.len() * n as usize;
+    if sequences > MAX_SEQUENCES {
+        return Err(ApiError::invalid_value(
+            "n",
+            format!(
+                "this request would run {sequences} sequences ({} prompts × n = {n}); \
+                 at most {MAX_SEQUENCES} are allowed",
+                prompt_bytes.len()
+            ),
+        ));
+    }
+    let work: usize = prompt_bytes
+        .iter()
+        .map(|b| b.saturating_mul(n as usize))
+        .sum();
+    if work > MAX_PROMPT_WORK_BYTES {
+        return Err(ApiError::invalid_value(
+            "n",
+            format!(
+                "the prompt is {} bytes and n = {n}: {work} bytes to read in all, over this \
+                 server's limit of {MAX_PROMPT_WORK_BYTES}; lower n or shorten the prompt",
+                prompt_bytes.iter().sum::<usize>()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +211,15 @@ impl SamplingFields {
                 ),
             ));
         }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid_value(
+                "stop",
+                format!(
+                    "stop strings may be at most {MAX_STOP_BYTES} bytes long, got one of {}",
+                    long.len()
+                ),
+            ));
+        }
         if max_tokens == Some(0) {
             return Err(ApiError::invalid_value(
                 "max_tokens",
@@ -255,6 +304,23 @@ mod tests {
             fields.to_params(None, None).unwrap_err().param.as_deref(),
             Some("logit_bias")
         );
+    }
+
+    #[test]
+    fn long_stop_strings_and_oversized_requests_are_refused() {
+        let fields = SamplingFields {
+            stop: Some(StopSpec::One("x".repeat(MAX_STOP_BYTES + 1))),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields.to_params(None, None).unwrap_err().param.as_deref(),
+            Some("stop")
+        );
+        assert!(check_request_size(&[1 << 20], 16).is_ok());
+        let err = check_request_size(&[15 << 20], 16).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("n"));
+        let err = check_request_size(&[10; 16], 16).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("n"));
     }
 
     #[test]

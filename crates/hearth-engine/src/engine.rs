@@ -36,6 +36,8 @@ pub struct EngineConfig {
     /// One KV buffer shared by all slots: faster batched decode, but a sequence's output
     /// may then depend on what it was batched with.
     pub kv_unified: bool,
+    /// A lock file shared with other workers: decode only while holding it (see `cpu_gate`).
+    pub cpu_gate: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             batch_size: 512,
             threads: default_threads(),
             kv_unified: false,
+            cpu_gate: None,
         }
     }
 }
@@ -170,6 +173,17 @@ impl Engine {
                 prompt_tokens: request.prompt.len(),
                 context_tokens: context,
             });
+        }
+        // Asking for more than the context can hold is an error, as with OpenAI and vLLM, not
+        // a silent clamp: the caller would otherwise read `length` as the model's choice.
+        if let Some(max_tokens) = request.max_tokens {
+            if request.prompt.len() + max_tokens > context {
+                return Err(EngineError::CompletionExceedsContext {
+                    prompt_tokens: request.prompt.len(),
+                    max_tokens,
+                    context_tokens: context,
+                });
+            }
         }
         if request.stop.len() > MAX_STOP_STRINGS {
             return Err(EngineError::InvalidRequest(format!(

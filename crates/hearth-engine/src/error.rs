@@ -25,6 +25,12 @@ pub enum EngineError {
         prompt_tokens: usize,
         context_tokens: usize,
     },
+    #[error("prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is more than the {context_tokens} tokens of context this model allows per sequence")]
+    CompletionExceedsContext {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        context_tokens: usize,
+    },
     #[error("decode failed: {0}")]
     Decode(String),
     #[error("the engine has stopped")]

@@ -2,6 +2,7 @@
 //! continuous-batching scheduler behind a submit/stream/cancel API.
 
 mod backend;
+mod cpu_gate;
 pub mod detok;
 mod engine;
 mod error;

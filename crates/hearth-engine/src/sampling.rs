@@ -321,24 +321,59 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The lowest logprob reported (OpenAI's value for a token that cannot occur): every
+/// number we report is finite, so it survives JSON, which has no infinities.
+pub const LOGPROB_FLOOR: f32 = -9999.0;
+
+/// Logprobs over the distribution sampling saw: tokens a grammar masked out (-inf) are not
+/// candidates, so they are neither normalised over nor listed as alternatives.
 fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let possible = |l: f32| l.is_finite();
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|&l| possible(l))
+        .fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return TokenLogprobs {
+            logprob: LOGPROB_FLOOR,
+            top: Vec::new(),
+        };
+    }
+    let log_sum = logits
+        .iter()
+        .filter(|&&l| possible(l))
+        .map(|&l| (l - max).exp())
+        .sum::<f32>()
+        .ln()
+        + max;
+    let logprob = |l: f32| {
+        if possible(l) {
+            (l - log_sum).max(LOGPROB_FLOOR)
+        } else {
+            LOGPROB_FLOOR
+        }
+    };
     let mut top: Vec<(u32, f32)> = Vec::new();
     if n > 0 {
         let mut all: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
+            .filter(|&(_, &l)| possible(l))
             .map(|(t, &l)| (t as u32, l))
             .collect();
         let n = n.min(all.len());
-        all.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
-        all.truncate(n);
-        all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        top = all.into_iter().map(|(t, l)| (t, l - log_sum)).collect();
+        if n > 0 {
+            all.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+            all.truncate(n);
+            all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        top = all.into_iter().map(|(t, l)| (t, logprob(l))).collect();
     }
     TokenLogprobs {
-        logprob: logits[chosen as usize] - log_sum,
+        logprob: logits
+            .get(chosen as usize)
+            .map_or(LOGPROB_FLOOR, |&l| logprob(l)),
         top,
     }
 }
@@ -489,6 +524,41 @@ mod tests {
             .map(|&l| (l - logits()[1] + lp.logprob).exp())
             .sum();
         assert!((total - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn logprobs_under_a_mask_are_finite_and_cover_allowed_tokens_only() {
+        struct Allowed(&'static [u32]);
+        impl TokenMask for Allowed {
+            fn allows(&self, token: u32) -> bool {
+                self.0.contains(&token)
+            }
+        }
+        let mut s = Sampler::new(
+            SamplingParams {
+                top_logprobs: Some(5),
+                ..SamplingParams::greedy()
+            },
+            &[],
+            5,
+        );
+        let (token, lp) = s.sample(&logits(), Some(&Allowed(&[0, 3])));
+        let lp = lp.unwrap();
+        assert_eq!(token, 0);
+        assert!(lp.logprob.is_finite());
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 3]);
+        assert!(lp.top.iter().all(|t| t.1.is_finite()));
+        // The two allowed tokens carry all the probability.
+        let mass: f32 = lp.top.iter().map(|t| t.1.exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-5, "{mass}");
+        // Nothing allowed at all still yields numbers JSON can carry.
+        let (_, lp) = s.sample(&logits(), Some(&Allowed(&[])));
+        let lp = lp.unwrap();
+        assert_eq!(lp.logprob, LOGPROB_FLOOR);
+        assert!(lp.top.is_empty());
+        // NaN logits are no candidates either.
+        let (_, lp) = s.sample(&[f32::NAN, 1.0, 0.0], None);
+        assert!(lp.unwrap().top.iter().all(|t| t.1.is_finite()));
     }
 
     #[test]

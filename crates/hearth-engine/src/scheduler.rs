@@ -12,6 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::cpu_gate::CpuGate;
 use crate::detok::Utf8Decoder;
 use crate::engine::{EngineConfig, EngineStats, EventSink};
 use crate::model::Model;
@@ -65,6 +66,7 @@ pub(crate) struct Scheduler<'m> {
     waiting: VecDeque<Submission>,
     running: Vec<Sequence>,
     stats: Arc<EngineStats>,
+    cpu_gate: Option<CpuGate>,
 }
 
 enum Outcome {
@@ -93,6 +95,11 @@ impl<'m> Scheduler<'m> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             stats,
+            cpu_gate: config.cpu_gate.as_deref().and_then(|path| {
+                CpuGate::open(path)
+                    .inspect_err(|e| tracing::warn!(%e, ?path, "no CPU gate"))
+                    .ok()
+            }),
         }
     }
 
@@ -248,7 +255,10 @@ impl<'m> Scheduler<'m> {
         if self.batch.n_tokens() == 0 {
             return;
         }
-        if let Err(e) = self.context.decode(&mut self.batch) {
+        let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
+        let decoded = self.context.decode(&mut self.batch);
+        drop(turn);
+        if let Err(e) = decoded {
             self.fail_batch(&format!("llama.cpp decode failed: {e}"));
             return;
         }

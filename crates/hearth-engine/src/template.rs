@@ -19,6 +19,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template reads a `tools` variable: it can put tool definitions in the prompt.
+    supports_tools: bool,
 }
 
 /// What a template is rendered from.
@@ -49,11 +51,21 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| EngineError::Template(describe(&e)))?;
+        let supports_tools = env
+            .get_template(TEMPLATE_NAME)
+            .map(|t| t.undeclared_variables(false).contains("tools"))
+            .unwrap_or(false);
         Ok(ChatTemplate {
             env,
+            supports_tools,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         })
+    }
+
+    /// Whether tool definitions passed to `render` reach the prompt at all.
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
     }
 
     pub fn render(&self, input: &TemplateInput) -> Result<String> {

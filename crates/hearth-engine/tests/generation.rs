@@ -289,6 +289,22 @@ fn max_tokens_and_context_limits_end_with_length() {
             other.map(|h| h.id)
         ),
     }
+
+    // Asking for more tokens than the context has room for is refused, not clamped.
+    let prompt = chat_prompt("Hi");
+    let too_many = 96 - prompt.len() + 1;
+    match engine.submit(greedy(prompt.clone(), too_many)) {
+        Err(EngineError::CompletionExceedsContext {
+            max_tokens,
+            context_tokens: 96,
+            ..
+        }) if max_tokens == too_many => {}
+        other => panic!(
+            "expected completion_exceeds_context, got {:?}",
+            other.map(|h| h.id)
+        ),
+    }
+    assert!(engine.submit(greedy(prompt, too_many - 1)).is_ok());
 }
 
 #[test]

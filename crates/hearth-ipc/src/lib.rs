@@ -4,5 +4,8 @@
 mod codec;
 mod messages;
 
-pub use codec::{read_frame, read_frame_async, write_frame, write_frame_async, MAX_FRAME_BYTES};
+pub use codec::{
+    read_frame, read_frame_async, write_frame, write_frame_async, FrameIds, Framed, Incoming,
+    MAX_FRAME_BYTES,
+};
 pub use messages::{FromWorker, PromptSpec, ToWorker, WorkerReady, WorkerStatus};

@@ -5,6 +5,8 @@ use hearth_api::{ApiError, GenerationParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::codec::{FrameIds, Framed};
+
 /// What to generate from: the worker owns the tokenizer and chat template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PromptSpec {
@@ -18,10 +20,12 @@ pub enum PromptSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
+    /// One prompt, rendered and tokenized once, generated once per entry of `choices`: the
+    /// sequences get ids `id`, `id + 1`, … in order.
     Generate {
         id: u64,
         prompt: PromptSpec,
-        params: Box<GenerationParams>,
+        choices: Vec<GenerationParams>,
     },
     Cancel {
         id: u64,
@@ -97,4 +101,31 @@ pub enum FromWorker {
     Fatal {
         message: String,
     },
+}
+
+impl Framed for ToWorker {
+    fn frame_ids(&self) -> FrameIds {
+        match self {
+            ToWorker::Generate { id, choices, .. } => FrameIds {
+                first: *id,
+                count: u32::try_from(choices.len()).unwrap_or(u32::MAX),
+            },
+            ToWorker::Cancel { id } => FrameIds::one(*id),
+            ToWorker::Ping { .. } | ToWorker::Shutdown => FrameIds::NONE,
+        }
+    }
+}
+
+impl Framed for FromWorker {
+    fn frame_ids(&self) -> FrameIds {
+        match self {
+            FromWorker::Accepted { id, .. }
+            | FromWorker::Delta { id, .. }
+            | FromWorker::Done { id, .. }
+            | FromWorker::Failed { id, .. } => FrameIds::one(*id),
+            FromWorker::Ready(_) | FromWorker::Pong { .. } | FromWorker::Fatal { .. } => {
+                FrameIds::NONE
+            }
+        }
+    }
 }

@@ -53,9 +53,20 @@ pub struct WorkerSettings {
     pub gpu_layers: u32,
     pub grammar_cache_size: usize,
     pub kv_unified: bool,
+    /// Workers take turns decoding (one shared lock) because their threads together would
+    /// exceed the CPU's cores when several models are busy.
+    pub cpu_gate: bool,
     pub load_timeout: Duration,
     /// Leave workers alive when the orchestrator dies (tests of the orphan sweep only).
     pub keep_orphans: bool,
+}
+
+/// Whether workers must take turns decoding: llama.cpp's spinning threads collapse when
+/// the busy workers' threads together exceed the cores. `threads` is `--threads` (each
+/// worker uses all `cores` without it); `--threads` is honoured either way.
+pub fn cpu_gate_needed(threads: Option<usize>, max_loaded_models: usize, cores: usize) -> bool {
+    let each = threads.unwrap_or(cores).max(1);
+    max_loaded_models > 1 && each.saturating_mul(max_loaded_models) > cores
 }
 
 #[derive(Debug, Clone)]

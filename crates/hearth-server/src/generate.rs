@@ -13,6 +13,9 @@ use crate::observe::RequestObserver;
 use crate::state::AppState;
 use crate::worker::{GroupError, RequestGroup, WorkerEvent};
 
+/// Every prompt of one request with its choices' parameters.
+pub type Prompts = Vec<(PromptSpec, Vec<GenerationParams>)>;
+
 /// A request whose choices were all accepted by the worker.
 pub struct Started {
     group: RequestGroup,
@@ -24,22 +27,34 @@ pub struct Started {
     /// Choices per prompt (`n`): usage counts each prompt once.
     pub per_prompt: usize,
     observer: RequestObserver,
+    /// What a transparent retry needs, until it is used or the request has shown output.
+    retry: Option<Retry>,
+    /// Some event beyond acceptance reached the caller: a retry would repeat it.
+    delivered: bool,
     /// The worker slots this request holds; dropped with it, letting the next one in.
     _permit: Permit,
+}
+
+/// A request whose worker died before it produced anything runs once more on a new one.
+struct Retry {
+    state: AppState,
+    model: String,
+    prompts: Prompts,
 }
 
 pub async fn start(
     state: &AppState,
     model: &str,
-    choices: Vec<(PromptSpec, GenerationParams)>,
-    per_prompt: usize,
+    prompts: Prompts,
     meta: &RequestMeta,
 ) -> Result<Started, ApiError> {
     meta.record.fields().model = Some(model.to_owned());
+    let sequences: usize = prompts.iter().map(|(_, choices)| choices.len()).sum();
+    let per_prompt = prompts.first().map_or(1, |(_, c)| c.len()).max(1);
     let admission = state.models.admission(model)?;
     let queued = Instant::now();
     let permit = admission
-        .admit(meta.priority, choices.len())
+        .admit(meta.priority, sequences)
         .await
         .map_err(|e| admit_error(e, meta.priority))?;
     let queue_time = queued.elapsed();
@@ -50,31 +65,30 @@ pub async fn start(
         .with_label_values(&[model, meta.priority.as_str()])
         .observe(queue_time.as_secs_f64());
 
-    let worker = state.models.worker(model).await?;
     let deadline = Instant::now() + state.request_timeout;
-    let mut group = worker.generate(choices)?;
-    let mut prompt_tokens = vec![0; group.len()];
-    let mut accepted = 0;
-    let mut early = VecDeque::new();
-    while accepted < group.len() {
-        match group.next(deadline).await {
-            Ok(Some((index, WorkerEvent::Accepted { prompt_tokens: n }))) => {
-                prompt_tokens[index] = n;
-                accepted += 1;
+    let attempt = Retry {
+        state: state.clone(),
+        model: model.to_owned(),
+        prompts,
+    };
+    let (launched, retry) = match launch(&attempt, deadline).await {
+        Ok(launched) => (launched, Some(attempt)),
+        Err(Launch::Lost(_)) => {
+            tracing::warn!(%model, "worker lost before the request started; retrying once");
+            match launch(&attempt, deadline).await {
+                Ok(launched) => (launched, None),
+                Err(Launch::Lost(error) | Launch::Failed(error)) => return Err(error),
             }
-            Ok(Some((_, WorkerEvent::Failed(error)))) => return Err(error),
-            Ok(Some(other)) => early.push_back(other),
-            Ok(None) => break,
-            Err(GroupError::Timeout) => return Err(timed_out(&group).await),
         }
-    }
+        Err(Launch::Failed(error)) => return Err(error),
+    };
+    let (group, prompt_tokens, early) = launched;
     let mut observer = RequestObserver::new(
         state.metrics.clone(),
         model,
         meta.record.clone(),
         group.len(),
     );
-    let per_prompt = per_prompt.max(1);
     observer.prompt_tokens(prompt_tokens.iter().step_by(per_prompt).sum());
     for (index, event) in &early {
         observer.event(*index, event);
@@ -86,8 +100,48 @@ pub async fn start(
         prompt_tokens,
         per_prompt,
         observer,
+        retry,
+        delivered: false,
         _permit: permit,
     })
+}
+
+enum Launch {
+    /// The worker went away: worth one more try on a new one.
+    Lost(ApiError),
+    Failed(ApiError),
+}
+
+type Launched = (RequestGroup, Vec<usize>, VecDeque<(usize, WorkerEvent)>);
+
+/// Get a worker, start every sequence and wait until the worker has accepted them all.
+async fn launch(attempt: &Retry, deadline: Instant) -> Result<Launched, Launch> {
+    let worker = attempt
+        .state
+        .models
+        .worker(&attempt.model)
+        .await
+        .map_err(Launch::Failed)?;
+    let mut group = worker
+        .generate(attempt.prompts.clone())
+        .map_err(Launch::Lost)?;
+    let mut prompt_tokens = vec![0; group.len()];
+    let mut accepted = 0;
+    let mut early = VecDeque::new();
+    while accepted < group.len() {
+        match group.next(deadline).await {
+            Ok(Some((index, WorkerEvent::Accepted { prompt_tokens: n }))) => {
+                prompt_tokens[index] = n;
+                accepted += 1;
+            }
+            Ok(Some((_, WorkerEvent::Failed(error)))) => return Err(Launch::Failed(error)),
+            Ok(Some((_, WorkerEvent::Lost(error)))) => return Err(Launch::Lost(error)),
+            Ok(Some(other)) => early.push_back(other),
+            Ok(None) => break,
+            Err(GroupError::Timeout) => return Err(Launch::Failed(timed_out(&group).await)),
+        }
+    }
+    Ok((group, prompt_tokens, early))
 }
 
 fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
@@ -115,27 +169,61 @@ impl Started {
         self.prompt_tokens.iter().step_by(self.per_prompt).sum()
     }
 
-    /// The next event of any choice; `Ok(None)` when all have finished.
+    /// The next event of any choice; `Ok(None)` when all have finished. A worker lost
+    /// before any output reached the caller is replaced once, transparently.
     pub async fn next(&mut self) -> Result<Option<(usize, WorkerEvent)>, ApiError> {
-        if let Some(event) = self.early.pop_front() {
-            return Ok(Some(event));
+        loop {
+            let event = match self.early.pop_front() {
+                Some(event) => Ok(Some(event)),
+                None => self.group.next(self.deadline).await,
+            };
+            match event {
+                Ok(Some((_, WorkerEvent::Lost(error)))) if !self.delivered => {
+                    let Some(retry) = self.retry.take() else {
+                        return self.fail(error);
+                    };
+                    tracing::warn!(model = %retry.model, "worker lost before the request produced output; retrying once");
+                    match launch(&retry, self.deadline).await {
+                        Ok((group, prompt_tokens, early)) => {
+                            self.group = group;
+                            self.prompt_tokens = prompt_tokens;
+                            self.early = early;
+                        }
+                        Err(Launch::Lost(error) | Launch::Failed(error)) => {
+                            return self.fail(error)
+                        }
+                    }
+                }
+                Ok(Some((index, WorkerEvent::Lost(error) | WorkerEvent::Failed(error)))) => {
+                    let event = WorkerEvent::Failed(error);
+                    self.observer.event(index, &event);
+                    self.delivered = true;
+                    return Ok(Some((index, event)));
+                }
+                Ok(Some((index, event))) => {
+                    self.observer.event(index, &event);
+                    if !matches!(event, WorkerEvent::Accepted { .. }) {
+                        self.delivered = true;
+                        self.retry = None;
+                    }
+                    return Ok(Some((index, event)));
+                }
+                Ok(None) => {
+                    self.observer.finished();
+                    return Ok(None);
+                }
+                Err(GroupError::Timeout) => {
+                    let error = timed_out(&self.group).await;
+                    self.group.cancel();
+                    return self.fail(error);
+                }
+            }
         }
-        match self.group.next(self.deadline).await {
-            Ok(Some((index, event))) => {
-                self.observer.event(index, &event);
-                Ok(Some((index, event)))
-            }
-            Ok(None) => {
-                self.observer.finished();
-                Ok(None)
-            }
-            Err(GroupError::Timeout) => {
-                let error = timed_out(&self.group).await;
-                self.group.cancel();
-                self.observer.event(0, &WorkerEvent::Failed(error.clone()));
-                Err(error)
-            }
-        }
+    }
+
+    fn fail(&mut self, error: ApiError) -> Result<Option<(usize, WorkerEvent)>, ApiError> {
+        self.observer.event(0, &WorkerEvent::Failed(error.clone()));
+        Err(error)
     }
 }
 

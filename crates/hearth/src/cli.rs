@@ -207,6 +207,9 @@ pub struct WorkerArgs {
     pub grammar_cache_size: usize,
     #[arg(long)]
     pub kv_unified: bool,
+    /// Lock file shared by workers that must take turns decoding.
+    #[arg(long)]
+    pub cpu_gate: Option<PathBuf>,
 }
 
 /// Where the model is and how the engine runs it.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hearth_server::config::validate_id;
+use hearth_server::config::{cpu_gate_needed, validate_id};
 use hearth_server::hub::{self, HubRef};
 use hearth_server::{
     tier_defaults, total_ram_bytes, AccessConfig, LifecycleConfig, ModelSpec, QueueLimits,
@@ -52,7 +52,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             twice.id
         );
     }
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         host: args.host,
         port: args.port,
         models,
@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             gpu_layers: args.gpu_layers,
             grammar_cache_size: args.grammar_cache_size,
             kv_unified: args.kv_unified,
+            cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),
         },
@@ -75,6 +76,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
     };
+    config.worker.cpu_gate = cpu_gate_needed(
+        config.worker.threads,
+        config.lifecycle.max_loaded_models,
+        hearth_engine::default_threads(),
+    );
+    if config.worker.cpu_gate {
+        tracing::info!(
+            "several busy models would oversubscribe the CPU: their workers take turns decoding"
+        );
+    }
     let first_model = config.models[0].id.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

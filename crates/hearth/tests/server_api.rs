@@ -80,6 +80,7 @@ fn completions_equal_the_engines_greedy_output() {
             batch_size: 512,
             threads: 1,
             kv_unified: false,
+            cpu_gate: None,
         },
     )
     .unwrap();

@@ -13,7 +13,7 @@ fn long_chat(stream: bool) -> serde_json::Value {
     json!({
         "model": "smol",
         "messages": [{"role": "user", "content": "Write a very long essay about the history of bread."}],
-        "max_tokens": 5000,
+        "max_tokens": 900,
         "temperature": 0.8,
         "seed": 1,
         "logit_bias": {"2": -100, "0": -100, "4": -100},

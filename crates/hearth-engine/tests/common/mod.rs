@@ -41,6 +41,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             batch_size: 512,
             threads: 2,
             kv_unified: false,
+            cpu_gate: None,
         },
     )
     .unwrap()

@@ -7,6 +7,7 @@ use hearth_api::chat::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage,
 };
 use hearth_api::logprobs::{ChatLogprobs, TokenOutput};
+use hearth_api::params::check_request_size;
 use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
@@ -27,17 +28,17 @@ pub async fn chat_completions(
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let messages = request.template_messages()?;
+    let tools = request.tools_for_template()?;
+    let prompt_bytes = messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .map(str::len)
+        .sum();
+    check_request_size(&[prompt_bytes], n)?;
     let model = state.models.resolve(&request.model)?;
-    let choices = (0..n)
-        .map(|i| {
-            let prompt = PromptSpec::Chat {
-                messages: messages.clone(),
-                tools: request.tools.clone(),
-            };
-            (prompt, params.for_choice(i))
-        })
-        .collect();
-    let started = start(&state, &model, choices, n as usize, &meta).await?;
+    let prompt = PromptSpec::Chat { messages, tools };
+    let choices = (0..n).map(|i| params.for_choice(i)).collect();
+    let started = start(&state, &model, vec![(prompt, choices)], &meta).await?;
     let meta = Meta {
         head: ResponseHead::new(
             chat_completion_id(),

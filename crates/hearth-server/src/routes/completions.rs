@@ -6,6 +6,7 @@ use axum::Json;
 use hearth_api::chat::Usage;
 use hearth_api::completions::{Completion, CompletionChoice, CompletionRequest, Prompt};
 use hearth_api::logprobs::{CompletionLogprobs, TokenOutput};
+use hearth_api::params::check_request_size;
 use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
@@ -26,18 +27,26 @@ pub async fn completions(
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let prompts = request.prompts()?;
+    let sizes: Vec<usize> = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(text) => text.len(),
+            Prompt::Tokens(tokens) => tokens.len() * 4,
+        })
+        .collect();
+    check_request_size(&sizes, n)?;
     let model = state.models.resolve(&request.model)?;
-    let mut choices = Vec::new();
-    for prompt in &prompts {
-        for i in 0..n {
+    let prompts = prompts
+        .into_iter()
+        .map(|prompt| {
             let spec = match prompt {
-                Prompt::Text(text) => PromptSpec::Text(text.clone()),
-                Prompt::Tokens(tokens) => PromptSpec::Tokens(tokens.clone()),
+                Prompt::Text(text) => PromptSpec::Text(text),
+                Prompt::Tokens(tokens) => PromptSpec::Tokens(tokens),
             };
-            choices.push((spec, params.for_choice(i)));
-        }
-    }
-    let started = start(&state, &model, choices, n as usize, &meta).await?;
+            (spec, (0..n).map(|i| params.for_choice(i)).collect())
+        })
+        .collect();
+    let started = start(&state, &model, prompts, &meta).await?;
     let mut meta = Meta {
         head: ResponseHead::new(completion_id(), &request.model, "text_completion"),
         logprobs: params.top_logprobs.is_some(),

@@ -88,7 +88,7 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
                 result.finish_reason = finish_reason;
                 result.completion_tokens = completion_tokens;
             }
-            WorkerEvent::Failed(error) => return Err(error),
+            WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => return Err(error),
         }
     }
     let completion = results.iter().map(|r| r.completion_tokens).sum();
@@ -202,7 +202,7 @@ impl<F: ChunkFormat> Driver<F> {
                 let chunk = self.format.finish(index, &finish_reason);
                 self.push(chunk);
             }
-            WorkerEvent::Failed(error) => self.fail(error),
+            WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => self.fail(error),
         }
     }
 

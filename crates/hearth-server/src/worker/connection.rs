@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hearth_ipc::{read_frame_async, write_frame_async, FromWorker, ToWorker};
+use hearth_api::ApiError;
+use hearth_ipc::{read_frame_async, write_frame_async, FromWorker, Incoming, ToWorker};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -30,7 +31,17 @@ pub(super) fn start_reader(model: String, mut socket: OwnedReadHalf, shared: Arc
     tokio::spawn(async move {
         loop {
             match read_frame_async::<_, FromWorker>(&mut socket).await {
-                Ok(Some(message)) => route(&shared, message),
+                Ok(Some(Incoming::Message(message))) => route(&shared, message),
+                // A frame we cannot read fails the requests it names; the rest carry on.
+                Ok(Some(Incoming::Unreadable { ids, error })) => {
+                    tracing::error!(%model, %error, "unreadable frame from worker");
+                    for id in ids.iter() {
+                        let failed = ApiError::internal(format!(
+                            "the worker's answer could not be read: {error}"
+                        ));
+                        deliver(&shared, id, WorkerEvent::Failed(failed));
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(%model, %e, "bad frame from worker");
@@ -126,6 +137,11 @@ fn route(shared: &Shared, message: FromWorker) {
         }
         FromWorker::Ready(_) | FromWorker::Fatal { .. } => return,
     };
+    deliver(shared, id, event);
+}
+
+/// Hand an event to the request it belongs to; a final event ends the route.
+fn deliver(shared: &Shared, id: u64, event: WorkerEvent) {
     let final_event = event.is_final();
     let mut routes = shared.lock_routes();
     if let Some((index, route)) = routes.get(&id) {

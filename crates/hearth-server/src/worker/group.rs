@@ -70,7 +70,7 @@ impl RequestGroup {
                 self.finished[index] = true;
                 Ok(Some((
                     index,
-                    WorkerEvent::Failed(ApiError::worker_failed("the worker went away")),
+                    WorkerEvent::Lost(ApiError::worker_failed("the worker went away")),
                 )))
             }
         }

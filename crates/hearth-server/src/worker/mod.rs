@@ -36,11 +36,17 @@ pub enum WorkerEvent {
         completion_tokens: usize,
     },
     Failed(ApiError),
+    /// The worker process went away (crashed, was killed) while this sequence ran. Unlike
+    /// `Failed`, the request itself may be fine: one that produced nothing yet can be retried.
+    Lost(ApiError),
 }
 
 impl WorkerEvent {
     pub fn is_final(&self) -> bool {
-        matches!(self, WorkerEvent::Done { .. } | WorkerEvent::Failed(_))
+        matches!(
+            self,
+            WorkerEvent::Done { .. } | WorkerEvent::Failed(_) | WorkerEvent::Lost(_)
+        )
     }
 }
 
@@ -75,17 +81,17 @@ impl Shared {
     /// The connection is gone: every request still routed here ends with an error.
     pub(crate) fn fail_all(&self, model: &str) {
         self.alive.store(false, Ordering::SeqCst);
-        let error = if self.hung.load(Ordering::SeqCst) {
-            ApiError::timeout(format!(
+        let event = if self.hung.load(Ordering::SeqCst) {
+            WorkerEvent::Failed(ApiError::timeout(format!(
                 "the worker for model '{model}' stopped responding and was killed"
-            ))
+            )))
         } else {
-            ApiError::worker_failed(format!(
+            WorkerEvent::Lost(ApiError::worker_failed(format!(
                 "the worker for model '{model}' exited unexpectedly; retry the request"
-            ))
+            )))
         };
         for (_, (index, route)) in self.lock_routes().drain() {
-            let _ = route.send((index, WorkerEvent::Failed(error.clone())));
+            let _ = route.send((index, event.clone()));
         }
         self.lock_pings().clear();
     }
@@ -173,10 +179,12 @@ impl Worker {
         tokio::time::timeout(timeout, reaped).await.is_ok()
     }
 
-    /// Start one sequence per (prompt, params); their events arrive on one channel.
+    /// Start every prompt's choices (one sequence per params); the events of all sequences
+    /// arrive on one channel, indexed in order (prompt by prompt, choice by choice). Each
+    /// prompt crosses to the worker once, however many choices it has.
     pub fn generate(
         self: &Arc<Self>,
-        choices: Vec<(PromptSpec, GenerationParams)>,
+        prompts: Vec<(PromptSpec, Vec<GenerationParams>)>,
     ) -> Result<RequestGroup, ApiError> {
         if !self.is_alive() {
             return Err(ApiError::worker_failed(format!(
@@ -185,20 +193,23 @@ impl Worker {
             )));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut ids = Vec::with_capacity(choices.len());
-        for (index, (prompt, params)) in choices.into_iter().enumerate() {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            self.shared.lock_routes().insert(id, (index, tx.clone()));
-            ids.push(id);
-            if self
-                .outbox
-                .send(ToWorker::Generate {
-                    id,
-                    prompt,
-                    params: Box::new(params),
-                })
-                .is_err()
+        let mut ids = Vec::new();
+        for (prompt, choices) in prompts {
+            let count = choices.len() as u64;
+            let first = self.next_id.fetch_add(count.max(1), Ordering::Relaxed);
             {
+                let mut routes = self.shared.lock_routes();
+                for id in first..first + count {
+                    routes.insert(id, (ids.len(), tx.clone()));
+                    ids.push(id);
+                }
+            }
+            let message = ToWorker::Generate {
+                id: first,
+                prompt,
+                choices,
+            };
+            if self.outbox.send(message).is_err() {
                 self.shared.fail_all(&self.model_id);
             }
         }

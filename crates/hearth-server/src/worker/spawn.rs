@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hearth_api::ApiError;
-use hearth_ipc::{read_frame_async, FromWorker};
+use hearth_ipc::{read_frame_async, FromWorker, Incoming};
 use tokio::net::UnixListener;
 use tokio::process::Command;
 
@@ -74,19 +74,30 @@ pub async fn spawn_worker(
     if settings.kv_unified {
         command.arg("--kv-unified");
     }
+    if settings.cpu_gate {
+        command
+            .arg("--cpu-gate")
+            .arg(context.runtime_dir.join("cpu-gate.lock"));
+    }
     if let Some(threads) = settings.threads {
         command.arg("--threads").arg(threads.to_string());
     }
-    // The kernel kills the worker when we die. Tests of the orphan sweep turn this off to
-    // leave a live worker behind on purpose.
-    if !settings.keep_orphans {
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
+    // A group of its own: Ctrl-C in a terminal signals the whole foreground group, and a
+    // worker must not die before the orchestrator has drained its requests and stopped it.
+    // The kernel kills the worker when we die (PDEATHSIG). Tests of the orphan sweep turn
+    // that off to leave a live worker behind on purpose.
+    let pdeathsig = !settings.keep_orphans;
+    // SAFETY: setpgid and prctl are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                .map_err(std::io::Error::from)?;
+            if pdeathsig {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
     }
     let mut child = command
         .spawn()
@@ -112,8 +123,9 @@ pub async fn spawn_worker(
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let (mut reader, writer) = stream.into_split();
         match read_frame_async::<_, FromWorker>(&mut reader).await {
-            Ok(Some(FromWorker::Ready(ready))) => Ok((reader, writer, ready)),
-            Ok(Some(FromWorker::Fatal { message })) => Err(message),
+            Ok(Some(Incoming::Message(FromWorker::Ready(ready)))) => Ok((reader, writer, ready)),
+            Ok(Some(Incoming::Message(FromWorker::Fatal { message }))) => Err(message),
+            Ok(Some(Incoming::Unreadable { error, .. })) => Err(error),
             Ok(_) => Err("the worker closed its connection while loading".to_owned()),
             Err(e) => Err(e.to_string()),
         }
