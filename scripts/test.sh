@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/python-env.sh
 export HEARTH_PYTHON="$PWD/.venv/bin/python"
 
+# Lint first: formatting and clippy findings fail the run before anything slow starts.
+cargo fmt --all -- --check
+cargo clippy --release --locked --all-targets -- -D warnings
 cargo build --release --locked
 cargo test --release --locked --workspace
 .venv/bin/python -m pytest -q tests/python

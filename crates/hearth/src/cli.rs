@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// its output may depend on what runs alongside it; measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]
     pub kv_unified: bool,
+    /// Workers take turns decoding: `auto` does when their threads together could exceed
+    /// the CPU's cores (several models loaded at once).
+    #[arg(long, value_enum, default_value_t = CpuGateMode::Auto, env = "HEARTH_CPU_GATE")]
+    pub cpu_gate: CpuGateMode,
     /// Compiled structured-output grammars each worker keeps (LRU).
     #[arg(long, default_value_t = 10, env = "HEARTH_GRAMMAR_CACHE_SIZE")]
     pub grammar_cache_size: usize,
@@ -185,6 +189,13 @@ pub struct AccessArgs {
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, default_value_t = 16 << 20, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuGateMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

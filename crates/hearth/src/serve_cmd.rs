@@ -10,7 +10,7 @@ use hearth_server::{
     RateLimit, ServerConfig, WorkerSettings,
 };
 
-use crate::cli::{AccessArgs, LifecycleArgs, QueueArgs, ServeArgs};
+use crate::cli::{AccessArgs, CpuGateMode, LifecycleArgs, QueueArgs, ServeArgs};
 use crate::{config_file, model_path};
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -76,11 +76,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
     };
-    config.worker.cpu_gate = cpu_gate_needed(
-        config.worker.threads,
-        config.lifecycle.max_loaded_models,
-        hearth_engine::default_threads(),
-    );
+    config.worker.cpu_gate = match args.cpu_gate {
+        CpuGateMode::On => true,
+        CpuGateMode::Off => false,
+        CpuGateMode::Auto => cpu_gate_needed(
+            config.worker.threads,
+            config.lifecycle.max_loaded_models,
+            hearth_engine::default_threads(),
+        ),
+    };
     if config.worker.cpu_gate {
         tracing::info!(
             "several busy models would oversubscribe the CPU: their workers take turns decoding"

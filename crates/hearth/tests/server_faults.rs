@@ -98,15 +98,30 @@ fn a_killed_worker_fails_its_requests_fast_and_is_replaced() {
             )
         }
     });
+    // Both requests must have produced output before the kill: one that has not is retried
+    // on the new worker instead (a_request_the_lost_worker_had_not_started_is_retried...).
+    let (first_content, content_seen) = std::sync::mpsc::channel();
     let streaming = std::thread::spawn(move || {
         let response = ureq::post(&url).send_json(long_chat(true)).unwrap();
+        let mut reader = BufReader::new(response.into_reader());
         let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut response.into_reader(), &mut text);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains("\"content\":\"") && !line.contains("\"content\":\"\"") {
+                let _ = first_content.send(());
+            }
+            text.push_str(&line);
+            line.clear();
+        }
         text
     });
     wait_until("both generations to run", Duration::from_secs(10), || {
         server.worker_running("smol") == Some(2)
     });
+    content_seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream produced text");
+    std::thread::sleep(Duration::from_millis(300));
     let killed_at = Instant::now();
     signal(pid, nix::sys::signal::Signal::SIGKILL);
 

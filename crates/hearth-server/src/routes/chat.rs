@@ -38,7 +38,15 @@ pub async fn chat_completions(
     let model = state.models.resolve(&request.model)?;
     let prompt = PromptSpec::Chat { messages, tools };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
-    let started = start(&state, &model, vec![(prompt, choices)], &meta).await?;
+    let started = start(&state, &model, vec![(prompt, choices)], &meta)
+        .await
+        .map_err(|mut e| {
+            // The worker checks the limit against the context; name the field the client sent.
+            if request.max_completion_tokens.is_some() && e.param.as_deref() == Some("max_tokens") {
+                e.param = Some("max_completion_tokens".to_owned());
+            }
+            e
+        })?;
     let meta = Meta {
         head: ResponseHead::new(
             chat_completion_id(),

@@ -55,7 +55,12 @@ impl Server {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("the hearth binary runs");
+        Server::from_child(command.spawn().expect("the hearth binary runs"))
+    }
+
+    /// Attach to a `hearth serve` started by the caller with stderr piped: wait for its
+    /// address and keep its log lines.
+    pub fn from_child(mut child: Child) -> Server {
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
