@@ -149,6 +149,58 @@ impl ApiError {
         )
     }
 
+    /// The body did not arrive in full within the server's body timeout.
+    pub fn request_timeout(seconds: f64) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("The request body did not arrive within {seconds} s."),
+        )
+    }
+
+    /// A POST whose body is not declared as JSON.
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let got = match got {
+            Some(value) => format!("got Content-Type {value:?}"),
+            None => "no Content-Type was sent".to_owned(),
+        };
+        Self::new(
+            415,
+            "invalid_request_error",
+            Some("unsupported_media_type"),
+            format!("Send the request body as JSON with Content-Type: application/json ({got})."),
+        )
+    }
+
+    /// `allow` lists the methods the path does take (the `Allow` header's value).
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Self {
+        let allowed = if allow.is_empty() {
+            String::new()
+        } else {
+            format!(" (allowed: {allow})")
+        };
+        Self::new(
+            405,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("Method {method} is not allowed on {path}{allowed}."),
+        )
+    }
+
+    /// The `Host` header names a host this server does not answer to (DNS rebinding).
+    pub fn host_not_allowed(host: &str) -> Self {
+        Self::new(
+            403,
+            "invalid_request_error",
+            Some("host_not_allowed"),
+            format!(
+                "Host {host:?} is not allowed. Start the server with --allowed-hosts {host} to \
+                 accept it."
+            ),
+        )
+    }
+
     /// The JSON body clients receive.
     pub fn body(&self) -> serde_json::Value {
         serde_json::to_value(Envelope { error: self }).unwrap_or_default()

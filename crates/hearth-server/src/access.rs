@@ -1,6 +1,6 @@
-//! Per-request bookkeeping: the `x-request-id` (accepted or generated, always echoed), the
-//! facts handlers learn along the way, one access-log line when the response body is done
-//! (streams included), and the rejection counter.
+//! Per-request bookkeeping: the `x-request-id` (the client's when it is plain, else
+//! generated; always echoed), the facts handlers learn along the way, one access-log line
+//! when the response body is done (streams included), and the rejection counter.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 
 use crate::admission::Priority;
+use crate::ids::{self, valid_request_id};
 use crate::metrics::Rejection;
 use crate::state::AppState;
 
@@ -60,9 +61,9 @@ pub async fn track(State(state): State<AppState>, mut request: Request, next: Ne
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .filter(|id| valid_request_id(id))
         .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
+        .unwrap_or_else(ids::request_id);
     let record = Arc::new(AccessRecord::new(request_id.clone()));
     request.extensions_mut().insert(record.clone());
     let method = request.method().clone();
@@ -99,17 +100,13 @@ pub async fn track(State(state): State<AppState>, mut request: Request, next: Ne
     Response::from_parts(parts, axum::body::Body::new(body))
 }
 
-fn new_request_id() -> String {
-    format!("req-{:032x}", rand::random::<u128>())
-}
-
 fn rejection(status: StatusCode, code: Option<&str>) -> Option<Rejection> {
     match (status.as_u16(), code) {
         (401, _) => Some(Rejection::Unauthorized),
         (429, Some("queue_full")) => Some(Rejection::QueueFull),
         (429, _) => Some(Rejection::RateLimited),
         (503, Some("queue_timeout")) => Some(Rejection::QueueTimeout),
-        (400 | 404 | 405 | 413 | 415 | 422, _) => Some(Rejection::Invalid),
+        (400 | 403 | 404 | 405 | 408 | 413 | 415 | 422, _) => Some(Rejection::Invalid),
         _ => None,
     }
 }

@@ -87,6 +87,30 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub lifecycle: LifecycleConfig,
+    pub http: HttpConfig,
+}
+
+/// How long clients may take, and how many may be connected: what keeps slow or idle
+/// connections from holding the server.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// A request's head must arrive within this, counted from when the connection opens or
+    /// its previous response ends: so also how long an idle keep-alive connection stays.
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this once the handler reads it (408 after).
+    pub body_timeout: Duration,
+    /// Most client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// When models load and unload, and how workers are watched.
@@ -120,6 +144,10 @@ pub struct AccessConfig {
     /// Origins allowed by CORS (`*` for any); none by default.
     pub cors_origins: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    /// Extra names the `Host` header may carry besides IP literals, `localhost`,
+    /// `*.localhost`, the bind host and this machine's name (`*.example.com` for a domain's
+    /// subdomains; `*` turns the check off).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Requests per minute per API key (or per client address when there are no keys).

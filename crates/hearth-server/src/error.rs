@@ -35,6 +35,14 @@ impl IntoResponse for HttpError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
+        // The body was not read (413 at once) or not all of it came (408): the connection
+        // cannot carry another request.
+        if matches!(status.as_u16(), 408 | 413) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         response.extensions_mut().insert(ErrorCode(self.0.code));
         response
     }

@@ -1,5 +1,6 @@
 //! What handlers take from a request besides its JSON: the body within the size limit (an
-//! OpenAI-style 413 past it), the `X-Priority` header and the request's access record.
+//! OpenAI-style 413 past it) and the body timeout (408), the `X-Priority` header and the
+//! request's access record.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::admission::Priority;
 use crate::error::HttpError;
 use crate::state::AppState;
 
-/// The raw request body, at most `max_body_bytes`.
+/// The raw request body, at most `max_body_bytes`, in full within `body_timeout`.
 pub struct RequestBody(pub Bytes);
 
 impl FromRequest<AppState> for RequestBody {
@@ -21,8 +22,12 @@ impl FromRequest<AppState> for RequestBody {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.max_body_bytes;
-        let body = axum::body::to_bytes(request.into_body(), limit)
+        // A client that announces a body and then stalls must not hold the handler (and
+        // its connection) forever.
+        let read = axum::body::to_bytes(request.into_body(), limit);
+        let body = tokio::time::timeout(state.body_timeout, read)
             .await
+            .map_err(|_| ApiError::request_timeout(state.body_timeout.as_secs_f64()))?
             .map_err(|e| {
                 let too_large = std::error::Error::source(&e)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

@@ -12,3 +12,48 @@ pub fn completion_id() -> String {
 pub fn system_fingerprint() -> String {
     format!("fp_hearth_{}", env!("CARGO_PKG_VERSION").replace('.', "_"))
 }
+
+/// A fresh `x-request-id`.
+pub fn request_id() -> String {
+    format!("req-{:032x}", rand::random::<u128>())
+}
+
+/// A client's `x-request-id` is kept only when it is 1–128 characters of
+/// `[A-Za-z0-9._:-]`: it goes into logs and back into a header, so nothing else gets in.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_request_ids_are_plain() {
+        for ok in [
+            "a",
+            "trace-42",
+            "0af7651916cd43dd8448eb211c80319c",
+            "x.y_z:1-2",
+        ] {
+            assert!(valid_request_id(ok), "{ok}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "a b",
+            "x\u{e9}",
+            "a/b",
+            "a\"b",
+            "<script>",
+            long.as_str(),
+        ] {
+            assert!(!valid_request_id(bad), "{bad}");
+        }
+        assert!(valid_request_id(&"a".repeat(128)));
+        assert!(valid_request_id(&request_id()));
+    }
+}

@@ -8,6 +8,8 @@ mod extract;
 mod footprint;
 mod gate;
 mod generate;
+mod guard;
+mod http;
 pub mod hub;
 mod ids;
 mod memory;
@@ -23,7 +25,7 @@ mod worker;
 
 pub use admission::{Priority, QueueLimits};
 pub use config::{
-    AccessConfig, LifecycleConfig, ModelSpec, RateLimit, ServerConfig, WorkerSettings,
+    AccessConfig, HttpConfig, LifecycleConfig, ModelSpec, RateLimit, ServerConfig, WorkerSettings,
 };
 pub use memory::{tier_defaults, total_ram_bytes};
 pub use server::serve;

@@ -89,6 +89,23 @@ impl ModelEntry {
     }
 }
 
+/// What a model id names.
+enum Lookup {
+    Known(Arc<ModelEntry>),
+    /// A Hugging Face model in the local cache that has no entry yet.
+    Cached(std::path::PathBuf),
+}
+
+fn view_of(entry: &ModelEntry) -> ModelView {
+    let status = entry.status();
+    ModelView {
+        id: entry.spec.id.clone(),
+        state: status.state.clone(),
+        last_restart: status.last_restart.clone(),
+        footprint: status.footprint,
+    }
+}
+
 pub struct ModelManager {
     entries: RwLock<Vec<Arc<ModelEntry>>>,
     defaults: WorkerSettings,
@@ -121,7 +138,15 @@ impl ModelManager {
         manager
     }
 
-    fn add(&self, spec: ModelSpec) -> Arc<ModelEntry> {
+    fn add(&self, spec: ModelSpec) {
+        let entry = self.new_entry(spec);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry);
+    }
+
+    fn new_entry(&self, spec: ModelSpec) -> Arc<ModelEntry> {
         let mut settings = self.defaults.clone();
         settings.parallel = spec.parallel.unwrap_or(settings.parallel).max(1);
         settings.ctx_size = spec.ctx_size.unwrap_or(settings.ctx_size);
@@ -129,7 +154,7 @@ impl ModelManager {
             &spec.path,
             settings.ctx_size as u64 * settings.parallel as u64,
         );
-        let entry = Arc::new(ModelEntry {
+        Arc::new(ModelEntry {
             idle_timeout: spec.idle_timeout.unwrap_or(self.lifecycle.idle_timeout),
             admission: Admission::new(settings.parallel, self.queue.clone()),
             settings,
@@ -143,12 +168,7 @@ impl ModelManager {
                 footprint,
                 last_restart: None,
             }),
-        });
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(entry.clone());
-        entry
+        })
     }
 
     fn entries(&self) -> Vec<Arc<ModelEntry>> {
@@ -158,17 +178,18 @@ impl ModelManager {
             .clone()
     }
 
-    /// A configured model, `default`, or a Hugging Face id already in the local cache
-    /// (requests never download, and never name a file).
-    fn entry(&self, id: &str) -> Result<Arc<ModelEntry>, ApiError> {
+    /// What `id` names: a model this server has an entry for (by id, `default`, or a
+    /// Hugging Face id whose file is an entry's file, however the selector is spelled), or a
+    /// Hugging Face id in the local cache that has no entry yet. Registers nothing.
+    fn lookup(&self, id: &str) -> Result<Lookup, ApiError> {
         {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
             if let Some(entry) = entries.iter().find(|e| e.spec.id == id) {
-                return Ok(entry.clone());
+                return Ok(Lookup::Known(entry.clone()));
             }
             if id == DEFAULT_ALIAS {
                 if let Some(first) = entries.first() {
-                    return Ok(first.clone());
+                    return Ok(Lookup::Known(first.clone()));
                 }
             }
         }
@@ -182,23 +203,67 @@ impl ModelManager {
             );
             error
         })?;
-        // Two requests may race to add it: the second finds the first's entry.
-        let entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.iter().find(|e| e.spec.id == id) {
-            return Ok(entry.clone());
+        Ok(match self.entry_for_file(&path) {
+            Some(entry) => Lookup::Known(entry),
+            None => Lookup::Cached(path),
+        })
+    }
+
+    /// The entry serving this file. `org/name`, `org/name:Q4_K_M`, `org/name:q4_k_m` and
+    /// `org/name:FILE.gguf` all find the same snapshot path in the cache, so they are one
+    /// model, not one entry each.
+    fn entry_for_file(&self, path: &std::path::Path) -> Option<Arc<ModelEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|e| e.spec.path == path)
+            .cloned()
+    }
+
+    /// A model that has an entry (see `lookup`); never registers one.
+    fn entry(&self, id: &str) -> Result<Arc<ModelEntry>, ApiError> {
+        match self.lookup(id)? {
+            Lookup::Known(entry) => Ok(entry),
+            Lookup::Cached(_) => Err(ApiError::model_not_found(id)),
         }
-        drop(entries);
+    }
+
+    /// The canonical id of the model a request names, giving a cached Hugging Face model an
+    /// entry on its first use (requests never download, and never name a file). Only
+    /// requests that will use the model call this: lookups (`view`) register nothing.
+    pub fn resolve(&self, id: &str) -> Result<String, ApiError> {
+        let path = match self.lookup(id)? {
+            Lookup::Known(entry) => return Ok(entry.spec.id.clone()),
+            Lookup::Cached(path) => path,
+        };
+        // Two requests may race to add it: the second finds the first's entry.
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.iter().find(|e| e.spec.path == path) {
+            return Ok(entry.spec.id.clone());
+        }
         tracing::info!(model = id, path = %path.display(), "serving a model from the Hugging Face cache");
-        Ok(self.add(ModelSpec {
+        let entry = self.new_entry(ModelSpec {
             id: id.to_owned(),
             path,
             ..ModelSpec::default()
-        }))
+        });
+        entries.push(entry);
+        Ok(id.to_owned())
     }
 
-    /// The canonical id of a model (resolving `default`).
-    pub fn resolve(&self, id: &str) -> Result<String, ApiError> {
-        Ok(self.entry(id)?.spec.id.clone())
+    /// What `GET /v1/models/{id}` shows: the model's entry, or a cached Hugging Face model
+    /// without one (unloaded) — without giving it one.
+    pub fn view(&self, id: &str) -> Result<ModelView, ApiError> {
+        match self.lookup(id)? {
+            Lookup::Known(entry) => Ok(view_of(&entry)),
+            Lookup::Cached(_) => Ok(ModelView {
+                id: id.to_owned(),
+                state: ModelState::Unloaded,
+                last_restart: None,
+                footprint: Footprint::default(),
+            }),
+        }
     }
 
     /// The queue in front of a model's worker.
@@ -207,18 +272,7 @@ impl ModelManager {
     }
 
     pub fn list(&self) -> Vec<ModelView> {
-        self.entries()
-            .iter()
-            .map(|e| {
-                let status = e.status();
-                ModelView {
-                    id: e.spec.id.clone(),
-                    state: status.state.clone(),
-                    last_restart: status.last_restart.clone(),
-                    footprint: status.footprint,
-                }
-            })
-            .collect()
+        self.entries().iter().map(|e| view_of(e)).collect()
     }
 
     /// A running worker for the model, started if needed.
@@ -361,8 +415,12 @@ impl ModelManager {
     }
 
     /// Unload a model now (`POST /v1/models/{id}/unload`); 409 while it has requests.
+    /// Ok(false) when it was not loaded (a cached model without an entry never was).
     pub async fn unload(&self, id: &str) -> Result<bool, ApiError> {
-        let entry = self.entry(id)?;
+        let entry = match self.lookup(id)? {
+            Lookup::Known(entry) => entry,
+            Lookup::Cached(_) => return Ok(false),
+        };
         if entry.admission.idle_since().is_none() {
             return Err(ApiError::new(
                 409,

@@ -6,20 +6,20 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::from_fn_with_state;
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::{AccessConfig, ServerConfig};
 use crate::gate::Gate;
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::models::ModelManager;
 use crate::registry::Registry;
 use crate::routes::router;
 use crate::state::AppState;
 use crate::worker::SpawnContext;
-use crate::{access, gate, supervisor};
+use crate::{access, gate, guard, http, supervisor};
 
 /// Run the server until SIGINT or SIGTERM. `on_ready` gets the bound address.
 pub async fn serve(
@@ -45,6 +45,7 @@ pub async fn serve(
         metrics,
         request_timeout: config.request_timeout,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.http.body_timeout,
     };
     if config.preload {
         for spec in &config.models {
@@ -59,28 +60,22 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     on_ready(listener.local_addr()?);
-    // Token chunks are small writes: without TCP_NODELAY, Nagle holds each one back until
-    // the client acknowledges the previous one.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(%e, "could not set TCP_NODELAY");
-        }
-    });
 
-    let app = app(state, &config.access)?;
+    let guard = Guard::new(
+        &config.host,
+        &config.access.allowed_hosts,
+        config.max_body_bytes,
+    );
+    let app = app(state, &config.access, guard)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let server = http::serve(listener, app, &config.http, async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let grace = config.shutdown_grace;
     let mut stopped = stop_rx.clone();
     tokio::select! {
-        result = server => result?,
+        _ = server => {}
         // In-flight requests get the grace period, then the process moves on.
         _ = async {
             let _ = stopped.wait_for(|s| *s).await;
@@ -94,12 +89,19 @@ pub async fn serve(
 }
 
 /// The routes inside their middleware, outermost first: CORS (preflights never need a
-/// key), request id + access log + rejection counts, then API keys and the rate limit.
-fn app(state: AppState, access: &AccessConfig) -> Result<Router> {
+/// key), request id + access log + rejection counts, OpenAI-shaped errors, the Host and
+/// Content-Length checks; then routing; then API keys and the rate limit, and, for a POST
+/// route whose method matched, the Content-Type check (`routes/mod.rs`).
+fn app(state: AppState, access: &AccessConfig, guard: Arc<Guard>) -> Result<Router> {
     let gate = Gate::new(access);
     gate.start_housekeeping();
-    let mut app = router(state.clone())
-        .layer(from_fn_with_state(gate, gate::check))
+    let routes = router(state.clone()).layer(from_fn_with_state(gate, gate::check));
+    // The routes as one service, so the layers below see the router's own responses whole
+    // (a 405 gets its `Allow` header from the router, outside any route's layers).
+    let mut app = Router::new()
+        .fallback_service(routes)
+        .layer(from_fn_with_state(guard, guard::check))
+        .layer(axum::middleware::from_fn(guard::shape_errors))
         .layer(from_fn_with_state(state, access::track));
     if !access.cors_origins.is_empty() {
         app = app.layer(cors(&access.cors_origins)?);

@@ -12,4 +12,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// How long a handler waits for the whole request body.
+    pub body_timeout: Duration,
 }

@@ -166,6 +166,7 @@ pub struct QueueArgs {
 #[command(next_help_heading = "Access")]
 pub struct AccessArgs {
     /// Require `Authorization: Bearer KEY` on every endpoint but /health*; repeatable.
+    /// An empty key is refused.
     #[arg(
         long = "api-key",
         env = "HEARTH_API_KEYS",
@@ -186,9 +187,26 @@ pub struct AccessArgs {
     /// Origins browsers may call from (CORS), comma-separated, or `*`; none by default.
     #[arg(long, env = "HEARTH_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// Largest request body in bytes; larger ones get 413.
+    /// Largest request body in bytes; larger ones get 413 (at once when Content-Length says so).
     #[arg(long, default_value_t = 16 << 20, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// Host names the `Host` header may carry besides IP literals, localhost, *.localhost,
+    /// --host and this machine's name (against DNS rebinding), comma-separated;
+    /// `*.example.com` for subdomains; `*` turns the check off.
+    #[arg(long, env = "HEARTH_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a request's headers, counted from when its connection
+    /// opens or its previous response ends (so also how long an idle keep-alive connection
+    /// stays open).
+    #[arg(long, default_value_t = 10.0, env = "HEARTH_HEADER_TIMEOUT")]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a whole request body; 408 after.
+    #[arg(long, default_value_t = 30.0, env = "HEARTH_BODY_TIMEOUT")]
+    pub body_timeout: f64,
+    /// Most client connections open at once; more wait (in the listen backlog) until one
+    /// closes.
+    #[arg(long, default_value_t = 1024, env = "HEARTH_MAX_CONNECTIONS")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use hearth_server::config::{cpu_gate_needed, validate_id};
 use hearth_server::hub::{self, HubRef};
 use hearth_server::{
-    tier_defaults, total_ram_bytes, AccessConfig, LifecycleConfig, ModelSpec, QueueLimits,
-    RateLimit, ServerConfig, WorkerSettings,
+    tier_defaults, total_ram_bytes, AccessConfig, HttpConfig, LifecycleConfig, ModelSpec,
+    QueueLimits, RateLimit, ServerConfig, WorkerSettings,
 };
 
 use crate::cli::{AccessArgs, CpuGateMode, LifecycleArgs, QueueArgs, ServeArgs};
@@ -75,6 +75,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         queue: queue_limits(&args.queue)?,
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
+        http: http_config(&args.access)?,
     };
     config.worker.cpu_gate = match args.cpu_gate {
         CpuGateMode::On => true,
@@ -228,25 +229,52 @@ fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
     })
 }
 
+fn http_config(args: &AccessArgs) -> Result<HttpConfig> {
+    let positive = |s: f64, what: &str| {
+        let d = seconds(s, what)?;
+        anyhow::ensure!(!d.is_zero(), "{what} must be more than 0 seconds");
+        Ok::<_, anyhow::Error>(d)
+    };
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&args.max_connections),
+        "--max-connections must be between 1 and 1000000"
+    );
+    Ok(HttpConfig {
+        header_timeout: positive(args.header_timeout, "--header-timeout")?,
+        body_timeout: positive(args.body_timeout, "--body-timeout")?,
+        max_connections: args.max_connections,
+    })
+}
+
 fn access_config(args: &AccessArgs) -> Result<AccessConfig> {
-    let mut api_keys: Vec<String> = args
-        .api_keys
-        .iter()
-        .map(|k| k.trim().to_owned())
-        .filter(|k| !k.is_empty())
-        .collect();
+    // An empty key would otherwise vanish and leave the server open (or, kept, match an
+    // empty bearer): either way not what someone who set a key meant.
+    let mut api_keys = Vec::new();
+    for key in &args.api_keys {
+        let key = key.trim();
+        if key.is_empty() {
+            anyhow::bail!(
+                "an API key is empty (--api-key \"\" or an empty entry in HEARTH_API_KEYS); \
+                 give a real key, or none to serve without keys"
+            );
+        }
+        api_keys.push(key.to_owned());
+    }
     if let Some(file) = &args.api_key_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading API keys from {}", file.display()))?;
-        api_keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-        if api_keys.is_empty() {
+        // Blank lines and comments are not keys; a file with nothing else is an error (even
+        // next to --api-key: it was meant to hold keys).
+        let from_file: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if from_file.is_empty() {
             anyhow::bail!("{} holds no API keys", file.display());
         }
+        api_keys.extend(from_file);
     }
     let rate_limit = match args.rate_limit_rpm {
         None => None,
@@ -260,6 +288,12 @@ fn access_config(args: &AccessArgs) -> Result<AccessConfig> {
         api_keys,
         cors_origins: args.cors_origins.clone(),
         rate_limit,
+        allowed_hosts: args
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
     })
 }
 

@@ -80,6 +80,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn not_found() -> HttpError {
-    HttpError(ApiError::not_found("no such endpoint"))
+pub async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> HttpError {
+    HttpError(ApiError::not_found(format!(
+        "Invalid URL ({method} {})",
+        uri.path()
+    )))
 }

@@ -10,14 +10,27 @@ mod stream;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::guard;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
+    // Every POST route checks its Content-Type (415) once its method matched: a wrong
+    // method still gets 405.
+    let json = || axum::middleware::from_fn(guard::require_json);
     Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
+        .route(
+            "/v1/chat/completions",
+            post(chat::chat_completions).route_layer(json()),
+        )
+        .route(
+            "/v1/completions",
+            post(completions::completions).route_layer(json()),
+        )
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::get).post(models::action))
+        .route(
+            "/v1/models/{*id}",
+            get(models::get).post(models::action).route_layer(json()),
+        )
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))

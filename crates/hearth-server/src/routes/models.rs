@@ -32,21 +32,12 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
-fn view_of(state: &AppState, id: &str) -> Result<ModelView, ApiError> {
-    let resolved = state.models.resolve(id)?;
-    state
-        .models
-        .list()
-        .into_iter()
-        .find(|m| m.id == resolved)
-        .ok_or_else(|| ApiError::model_not_found(id))
-}
-
+/// A lookup: names the model however the id spells it, and never adds a model.
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, HttpError> {
-    Ok(Json(card(view_of(&state, &id)?)))
+    Ok(Json(card(state.models.view(&id)?)))
 }
 
 /// `{id}/load` or `{id}/unload` (ids may hold a slash: `org/name`).
@@ -60,15 +51,15 @@ pub async fn action(
         .ok_or_else(|| {
             ApiError::not_found("use POST /v1/models/{id}/load or /v1/models/{id}/unload")
         })?;
-    let id = state.models.resolve(id)?;
-    let changed = if verb == "load" {
+    let (id, changed) = if verb == "load" {
+        let id = state.models.resolve(id)?;
         let was_loaded = state.models.loaded_worker(&id).is_some();
         state.models.load(&id).await?;
-        !was_loaded
+        (id, !was_loaded)
     } else {
-        state.models.unload(&id).await?
+        (id.to_owned(), state.models.unload(id).await?)
     };
-    let view = view_of(&state, &id)?;
+    let view = state.models.view(&id)?;
     Ok(Json(json!({
         "id": view.id,
         "object": "model",
