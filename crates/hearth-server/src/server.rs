@@ -98,8 +98,11 @@ fn app(state: AppState, access: &AccessConfig, guard: Arc<Guard>) -> Result<Rout
     let routes = router(state.clone()).layer(from_fn_with_state(gate, gate::check));
     // The routes as one service, so the layers below see the router's own responses whole
     // (a 405 gets its `Allow` header from the router, outside any route's layers).
+    // A handler that panics (a bug) answers 500 — in OpenAI's shape, by `shape_errors` —
+    // instead of dropping the connection without a response.
     let mut app = Router::new()
         .fallback_service(routes)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::from_fn(guard::shape_errors))
         .layer(from_fn_with_state(state, access::track));
