@@ -275,23 +275,25 @@ impl<'m> Scheduler<'m> {
                 continue;
             };
             let logits = self.context.get_logits_ith(at);
-            let sampled = match seq.constraint.as_mut() {
-                None => Ok(seq.sampler.sample(logits, None)),
-                Some(constraint) => constraint.compute_mask().and_then(|()| {
-                    let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
-                    constraint.accept(token).map(|()| (token, logprobs))
-                }),
-            };
-            let outcome = match sampled {
-                Ok((token, logprobs)) => advance(self.model, seq, token, logprobs),
-                Err(error) => {
-                    let delivered =
-                        (seq.sink)(Event::Error(format!("structured output failed: {error}")));
-                    if delivered {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Abandoned
-                    }
+            let model = self.model;
+            // A panic while sampling one sequence (a bug in a mask, a sampler, a detokenizer)
+            // ends that sequence with an error; the others, and the worker, go on.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let sampled = match seq.constraint.as_mut() {
+                    None => Ok(seq.sampler.sample(logits, None)),
+                    Some(constraint) => constraint.compute_mask().and_then(|()| {
+                        let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
+                        constraint.accept(token).map(|()| (token, logprobs))
+                    }),
+                };
+                sampled.map(|(token, logprobs)| advance(model, seq, token, logprobs))
+            }));
+            let outcome = match step {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(error)) => report(seq, &format!("structured output failed: {error}")),
+                Err(_) => {
+                    tracing::error!(id = seq.id, "sampling panicked; ending this sequence");
+                    report(seq, "internal error while generating this sequence")
                 }
             };
             match outcome {
@@ -422,6 +424,15 @@ fn advance(
     }
     seq.pending_token = Some(token);
     Outcome::Continue
+}
+
+/// End a sequence with an error event.
+fn report(seq: &mut Sequence, message: &str) -> Outcome {
+    if (seq.sink)(Event::Error(message.to_owned())) {
+        Outcome::Failed
+    } else {
+        Outcome::Abandoned
+    }
 }
 
 /// Send a delta unless it carries nothing; false when the receiver is gone.

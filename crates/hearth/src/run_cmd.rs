@@ -137,10 +137,13 @@ fn stream_reply(
     sampling: &SamplingParams,
     args: &SamplingArgs,
 ) -> Result<String> {
+    // A long conversation may leave less room than --max-tokens: the reply then ends when
+    // the context is full (the server refuses such a request instead; here we are the client).
+    let room = (engine.config().context_per_slot as usize).saturating_sub(prompt.len());
     let handle = engine.submit(GenerationRequest {
         prompt,
         sampling: sampling.clone(),
-        max_tokens: Some(args.max_tokens),
+        max_tokens: Some(args.max_tokens.min(room.max(1))),
         stop: args.stop.clone(),
         format: None,
     })?;
