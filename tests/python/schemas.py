@@ -152,3 +152,135 @@ SCHEMAS = {
         "additionalProperties": False,
     },
 }
+
+# More shapes for the corpus test (test_structured_corpus.py): numbers without bounds (where a
+# tiny model used to write digits until max_tokens), exponents, arrays of numbers, optional
+# and nested fields, and strings left unbounded.
+NUMBER = {"type": "number"}
+MORE_SCHEMAS = {
+    "circle": {
+        "type": "object",
+        "properties": {"radius": NUMBER, "center": {"type": "object", "properties": {"x": NUMBER, "y": NUMBER}, "required": ["x", "y"], "additionalProperties": False}},
+        "required": ["radius", "center"],
+        "additionalProperties": False,
+    },
+    "point_3d": {
+        "type": "object",
+        "properties": {"x": NUMBER, "y": NUMBER, "z": NUMBER},
+        "required": ["x", "y", "z"],
+        "additionalProperties": False,
+    },
+    "measurements": {
+        "type": "object",
+        "properties": {"values": {"type": "array", "items": NUMBER, "minItems": 1, "maxItems": 5}, "unit": {"enum": ["cm", "kg", "s"]}},
+        "required": ["values", "unit"],
+        "additionalProperties": False,
+    },
+    "product": {
+        "type": "object",
+        "properties": {"name": NAME, "price": {"type": "number", "minimum": 0}, "quantity": {"type": "integer"}, "in_stock": {"type": "boolean"}},
+        "required": ["name", "price", "quantity", "in_stock"],
+        "additionalProperties": False,
+    },
+    "weather": {
+        "type": "object",
+        "properties": {
+            "city": NAME,
+            "temperature_c": NUMBER,
+            "humidity": {"type": "integer", "minimum": 0, "maximum": 100},
+            "wind_speed": {"type": "number", "exclusiveMinimum": 0},
+        },
+        "required": ["city", "temperature_c", "humidity", "wind_speed"],
+        "additionalProperties": False,
+    },
+    "geo_location": {
+        "type": "object",
+        "properties": {"latitude": {"type": "number", "minimum": -90, "maximum": 90}, "longitude": {"type": "number", "minimum": -180, "maximum": 180}},
+        "required": ["latitude", "longitude"],
+        "additionalProperties": False,
+    },
+    "statistics": {
+        "type": "object",
+        "properties": {"mean": NUMBER, "median": NUMBER, "stddev": {"type": "number", "minimum": 0}, "count": {"type": "integer", "minimum": 0}},
+        "required": ["mean", "median", "stddev", "count"],
+        "additionalProperties": False,
+    },
+    "matrix": {
+        "type": "object",
+        "properties": {"rows": {"type": "array", "items": {"type": "array", "items": NUMBER, "minItems": 1, "maxItems": 3}, "minItems": 1, "maxItems": 3}},
+        "required": ["rows"],
+        "additionalProperties": False,
+    },
+    "invoice": {
+        "type": "object",
+        "properties": {
+            "number": {"type": "integer"},
+            "customer": {"type": "object", "properties": {"name": NAME, "email": {"type": "string", "maxLength": 40}}, "required": ["name"], "additionalProperties": False},
+            "lines": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "object", "properties": {"item": NAME, "amount": NUMBER}, "required": ["item", "amount"], "additionalProperties": False}},
+            "total": NUMBER,
+        },
+        "required": ["number", "customer", "lines", "total"],
+        "additionalProperties": False,
+    },
+    "physics": {
+        "type": "object",
+        "properties": {"mass_kg": NUMBER, "velocity_m_s": NUMBER, "energy_j": NUMBER},
+        "required": ["mass_kg", "velocity_m_s", "energy_j"],
+        "additionalProperties": False,
+    },
+    "ratio": {
+        "type": "object",
+        "properties": {"ratio": {"type": "number", "minimum": 0, "maximum": 1}},
+        "required": ["ratio"],
+        "additionalProperties": False,
+    },
+    "counter": {
+        "type": "object",
+        "properties": {"label": NAME, "count": {"type": "integer"}},
+        "required": ["label", "count"],
+        "additionalProperties": False,
+    },
+    "optional_numbers": {
+        "type": "object",
+        "properties": {"a": NUMBER, "b": NUMBER, "c": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    },
+    "rgba_colour": {
+        "type": "object",
+        "properties": {
+            "r": {"type": "integer", "minimum": 0, "maximum": 255},
+            "g": {"type": "integer", "minimum": 0, "maximum": 255},
+            "b": {"type": "integer", "minimum": 0, "maximum": 255},
+            "alpha": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["r", "g", "b", "alpha"],
+        "additionalProperties": False,
+    },
+    "server_config": {
+        "type": "object",
+        "properties": {
+            "server": {"type": "object", "properties": {"host": NAME, "port": {"type": "integer", "minimum": 1, "maximum": 65535}, "timeout_s": NUMBER}, "required": ["host", "port", "timeout_s"], "additionalProperties": False},
+            "debug": {"type": "boolean"},
+            "tags": {"type": "array", "items": NAME, "maxItems": 3},
+        },
+        "required": ["server", "debug", "tags"],
+        "additionalProperties": False,
+    },
+    "number_or_text": {
+        "type": "object",
+        "properties": {"value": {"anyOf": [NUMBER, {"type": "string", "maxLength": 10}]}},
+        "required": ["value"],
+        "additionalProperties": False,
+    },
+    "bare_number": NUMBER,
+    "any_object": {"type": "object"},
+    "free_text_note": {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "score": NUMBER},
+        "required": ["title", "score"],
+        "additionalProperties": False,
+    },
+}
+
+CORPUS = {**SCHEMAS, **MORE_SCHEMAS}

@@ -79,6 +79,7 @@ impl OutputFormat {
 /// Compiles output formats for one model.
 pub struct GrammarCompiler {
     factory: ParserFactory,
+    numbers: Arc<NumberBound>,
     cache: Mutex<LruCache<String, Matcher>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
@@ -96,7 +97,7 @@ impl GrammarCompiler {
         eog_tokens: &[u32],
         capacity: usize,
     ) -> Result<GrammarCompiler> {
-        let env = token_env(llama, eog_tokens);
+        let (env, numbers) = token_env(llama, eog_tokens);
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| EngineError::Template(format!("structured output setup: {e}")))?;
         factory.set_stderr_log_level(0);
@@ -106,6 +107,7 @@ impl GrammarCompiler {
         limits.step_lexer_fuel = limits.step_lexer_fuel.min(COMPILE_FUEL);
         Ok(GrammarCompiler {
             factory,
+            numbers: Arc::new(numbers),
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
             )),
@@ -117,9 +119,15 @@ impl GrammarCompiler {
     /// A fresh matcher for this format; schemas the compiler rejects are request errors.
     pub fn matcher(&self, format: &OutputFormat) -> Result<Constraint> {
         let (grammar, key) = format.grammar();
+        // JSON number literals are bounded (see `NumberBound`); regex and choice are the
+        // caller's exact language and stay as written.
+        let numbers = match format {
+            OutputFormat::JsonObject | OutputFormat::JsonSchema(_) => Some(self.numbers.clone()),
+            OutputFormat::Regex(_) | OutputFormat::Choice(_) => None,
+        };
         if let Some(compiled) = self.lock().get(&key) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Constraint::new(compiled.deep_clone()));
+            return Ok(Constraint::new(compiled.deep_clone(), numbers));
         }
         let what = match format {
             OutputFormat::Regex(_) | OutputFormat::Choice(_) => "the regular expression",
@@ -137,7 +145,7 @@ impl GrammarCompiler {
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
         self.lock().put(key, matcher.deep_clone());
-        Ok(Constraint::new(matcher))
+        Ok(Constraint::new(matcher, numbers))
     }
 
     /// Compiled grammars currently cached.
@@ -164,6 +172,8 @@ impl GrammarCompiler {
 pub struct Constraint {
     matcher: Matcher,
     mask: SimpleVob,
+    /// JSON formats: the number bound, and where the output so far has left the JSON text.
+    numbers: Option<(Arc<NumberBound>, JsonLex)>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -202,24 +212,32 @@ impl TokenMask for Constraint {
 }
 
 impl Constraint {
-    fn new(matcher: Matcher) -> Constraint {
+    fn new(matcher: Matcher, numbers: Option<Arc<NumberBound>>) -> Constraint {
         Constraint {
             matcher,
             mask: SimpleVob::new(),
+            numbers: numbers.map(|bound| (bound, JsonLex::default())),
         }
     }
 
-    /// Compute this step's mask: the grammar's tokens, or only end-of-turn once it is done.
+    /// Compute this step's mask: the grammar's tokens, or only end-of-turn once it is done;
+    /// inside a JSON number, without the tokens that would take it past the bound.
     pub(crate) fn compute_mask(&mut self) -> std::result::Result<(), String> {
         self.mask = self
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| e.to_string())?;
+        if let Some((bound, lex)) = &self.numbers {
+            bound.restrict(*lex, &mut self.mask);
+        }
         Ok(())
     }
 
     /// Advance by the token that was sampled.
     pub(crate) fn accept(&mut self, token: u32) -> std::result::Result<(), String> {
+        if let Some((bound, lex)) = &mut self.numbers {
+            *lex = lex.advance(bound.token(token));
+        }
         if self.matcher.is_stopped() {
             return Ok(());
         }
@@ -243,8 +261,9 @@ fn escape_regex(text: &str) -> String {
 }
 
 /// Every token's bytes, with special tokens marked (0xFF prefix) so text can never spell
-/// them; end-of-turn tokens are what the grammar allows once it is complete.
-fn token_env(llama: &LlamaModel, eog_tokens: &[u32]) -> TokEnv {
+/// them; end-of-turn tokens are what the grammar allows once it is complete. The same bytes
+/// make the number-bound table.
+fn token_env(llama: &LlamaModel, eog_tokens: &[u32]) -> (TokEnv, NumberBound) {
     let vocab = llama.vocab();
     let n_vocab = llama.n_vocab() as u32;
     let primary = eog_tokens.first().copied().unwrap_or(0);
@@ -266,5 +285,322 @@ fn token_env(llama: &LlamaModel, eog_tokens: &[u32]) -> TokEnv {
         })
         .collect();
     let trie = TokTrie::from(&info, &words).with_eos_tokens(eog_tokens);
-    Arc::new(ApproximateTokEnv::new(trie))
+    let numbers = NumberBound::new(words.iter().map(Vec::as_slice));
+    (Arc::new(ApproximateTokEnv::new(trie)), numbers)
+}
+
+/// Most digits in a generated JSON number's mantissa (integer and fraction digits together):
+/// what a float64 carries (17 significant digits round-trip any double).
+const MAX_MANTISSA_DIGITS: u8 = 17;
+/// Most digits in its exponent (float64 exponents stay within ±308).
+const MAX_EXPONENT_DIGITS: u8 = 3;
+
+/// Where a JSON text is, byte by byte: just enough to count the digits of the number being
+/// written. llguidance's number lexemes are unbounded (`[0-9]+` fractions), and a tiny model
+/// under a grammar can write digits until `max_tokens` cuts the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum JsonLex {
+    #[default]
+    Outside,
+    InString {
+        escaped: bool,
+    },
+    /// Integer or fraction part: the digits so far (both parts).
+    Mantissa(u8),
+    /// After `e`/`E`: the digits so far, and whether a sign may still come.
+    Exponent {
+        digits: u8,
+        sign_allowed: bool,
+    },
+}
+
+impl JsonLex {
+    fn in_number(self) -> bool {
+        matches!(self, JsonLex::Mantissa(_) | JsonLex::Exponent { .. })
+    }
+
+    /// The state after `byte`, and whether the number (if any) is still within the bound.
+    /// Counts saturate at the bound, so text that went past it (the fallback below) keeps
+    /// being tracked.
+    fn step(self, byte: u8) -> (JsonLex, bool) {
+        use JsonLex::*;
+        match (self, byte) {
+            (InString { escaped: true }, _) => (InString { escaped: false }, true),
+            (InString { .. }, b'\\') => (InString { escaped: true }, true),
+            (InString { .. }, b'"') => (Outside, true),
+            (InString { .. }, _) => (self, true),
+            (Mantissa(n), b'0'..=b'9') => (
+                Mantissa((n + 1).min(MAX_MANTISSA_DIGITS)),
+                n < MAX_MANTISSA_DIGITS,
+            ),
+            // A digit must follow the point: none may once the mantissa is full.
+            (Mantissa(n), b'.') => (self, n < MAX_MANTISSA_DIGITS),
+            (Mantissa(_), b'e' | b'E') => (
+                Exponent {
+                    digits: 0,
+                    sign_allowed: true,
+                },
+                true,
+            ),
+            (
+                Exponent {
+                    digits: 0,
+                    sign_allowed: true,
+                },
+                b'+' | b'-',
+            ) => (
+                Exponent {
+                    digits: 0,
+                    sign_allowed: false,
+                },
+                true,
+            ),
+            (Exponent { digits, .. }, b'0'..=b'9') => (
+                Exponent {
+                    digits: (digits + 1).min(MAX_EXPONENT_DIGITS),
+                    sign_allowed: false,
+                },
+                digits < MAX_EXPONENT_DIGITS,
+            ),
+            // Anything else ends the number and is read as outside one.
+            (Mantissa(_) | Exponent { .. }, _) => Outside.step(byte),
+            (Outside, b'"') => (InString { escaped: false }, true),
+            (Outside, b'-') => (Mantissa(0), true),
+            (Outside, b'0'..=b'9') => (Mantissa(1), true),
+            (Outside, _) => (Outside, true),
+        }
+    }
+
+    /// The state after these bytes (a consumed token).
+    fn advance(self, bytes: &[u8]) -> JsonLex {
+        bytes.iter().fold(self, |lex, &byte| lex.step(byte).0)
+    }
+
+    /// Whether these bytes keep every number within the bound.
+    fn admits(self, bytes: &[u8]) -> bool {
+        let mut lex = self;
+        bytes.iter().all(|&byte| {
+            let (next, ok) = lex.step(byte);
+            lex = next;
+            ok
+        })
+    }
+}
+
+/// Bounds JSON number literals (json_object and json_schema formats) to what a float64
+/// carries: `MAX_MANTISSA_DIGITS` and `MAX_EXPONENT_DIGITS`. llguidance has no such option.
+/// Every token's bytes, and the tokens that can continue a number (those beginning with one
+/// of `0-9 . e E + -`), are kept once per model; only those are checked, and only while a
+/// number is being written.
+pub(crate) struct NumberBound {
+    /// All tokens' bytes end to end; token `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,
+    continuing: Vec<u32>,
+}
+
+impl NumberBound {
+    pub(crate) fn new<'a>(tokens: impl IntoIterator<Item = &'a [u8]>) -> NumberBound {
+        let mut bound = NumberBound {
+            bytes: Vec::new(),
+            offsets: vec![0],
+            continuing: Vec::new(),
+        };
+        for (id, token) in tokens.into_iter().enumerate() {
+            if matches!(
+                token.first(),
+                Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+            ) {
+                bound.continuing.push(id as u32);
+            }
+            bound.bytes.extend_from_slice(token);
+            bound.offsets.push(bound.bytes.len() as u32);
+        }
+        bound
+    }
+
+    fn token(&self, id: u32) -> &[u8] {
+        let id = id as usize;
+        match (self.offsets.get(id), self.offsets.get(id + 1)) {
+            (Some(&start), Some(&end)) => &self.bytes[start as usize..end as usize],
+            _ => &[],
+        }
+    }
+
+    /// Inside a number, clear from `mask` the tokens that would take it past the bound,
+    /// unless that leaves no token at all (then the grammar's mask stands: a schema that
+    /// demands longer numbers wins over the bound). Returns how many were cleared.
+    fn restrict(&self, lex: JsonLex, mask: &mut SimpleVob) -> usize {
+        if !lex.in_number() {
+            return 0;
+        }
+        let mut cleared = Vec::new();
+        for &id in &self.continuing {
+            if (id as usize) < mask.len() && mask.is_allowed(id) && !lex.admits(self.token(id)) {
+                mask.disallow_token(id);
+                cleared.push(id);
+            }
+        }
+        if !cleared.is_empty() && mask.is_zero() {
+            for &id in &cleared {
+                mask.allow_token(id);
+            }
+            return 0;
+        }
+        cleared.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lex(text: &str) -> JsonLex {
+        JsonLex::default().advance(text.as_bytes())
+    }
+
+    #[test]
+    fn the_lexer_counts_digits_only_in_numbers() {
+        assert_eq!(lex(r#"{"radius": 2.56"#), JsonLex::Mantissa(3));
+        assert_eq!(lex(r#"{"r": -0.5"#), JsonLex::Mantissa(2));
+        assert_eq!(lex(r#"{"r": 12, "s": 3"#), JsonLex::Mantissa(1));
+        assert_eq!(lex(r#"{"a": [1, 22, 333"#), JsonLex::Mantissa(3));
+        // Digits in strings (escaped quotes included) and in keys are not numbers.
+        assert_eq!(lex(r#"{"12345678901234567890": "#), JsonLex::Outside);
+        assert_eq!(
+            lex(r#"{"s": "a\"12345678901234567890"#),
+            JsonLex::InString { escaped: false }
+        );
+        assert_eq!(lex(r#"{"s": "a\\"#), JsonLex::InString { escaped: false });
+        assert_eq!(lex(r#"{"s": "a\\", "n": 7"#), JsonLex::Mantissa(1));
+        assert_eq!(
+            lex("1.5e+1"),
+            JsonLex::Exponent {
+                digits: 1,
+                sign_allowed: false
+            }
+        );
+        assert_eq!(
+            lex("1E"),
+            JsonLex::Exponent {
+                digits: 0,
+                sign_allowed: true
+            }
+        );
+        assert_eq!(lex("[1e5, true, null"), JsonLex::Outside);
+    }
+
+    #[test]
+    fn the_bound_is_what_a_float64_carries() {
+        let sixteen = lex("[1234567890.123456");
+        assert_eq!(sixteen, JsonLex::Mantissa(16));
+        assert!(sixteen.admits(b"7"));
+        assert!(sixteen.admits(b"7]"));
+        assert!(!sixteen.admits(b"78"));
+        assert!(sixteen.admits(b"7e308"));
+        assert!(!sixteen.admits(b"7e3081"));
+        assert!(sixteen.admits(b", 1234"));
+        let full = lex("[12345678901234567");
+        assert!(!full.admits(b"0"));
+        // No digit could follow the point, so the point itself is out.
+        assert!(!full.admits(b"."));
+        assert!(full.admits(b"e-12"));
+        assert!(full.admits(b","));
+        assert!(full.admits(b"}"));
+        let integer = lex("[1234567890123456");
+        assert!(integer.admits(b"."));
+        assert!(integer.admits(b".5"));
+        assert!(!integer.admits(b".56"));
+        assert!(!lex("0.").admits(b"00000000000000000"));
+        assert!(lex("0.").admits(b"0000000000000000"));
+        assert!(!lex("1e-99").admits(b"99"));
+        assert!(lex("1e-99").admits(b"9"));
+        // Outside a number the bound says nothing.
+        assert!(lex("{").admits(b"\"1234567890123456789012345"));
+    }
+
+    const VOCAB: &[&[u8]] = &[
+        b"0",
+        b"1",
+        b"12",
+        b"123",
+        b".",
+        b"5.",
+        b".5",
+        b",",
+        b"}",
+        b"e",
+        b"e+1234",
+        b"\"",
+        b"\xFF<eos>",
+        b"7,",
+    ];
+
+    fn vocab() -> Vec<&'static [u8]> {
+        VOCAB.to_vec()
+    }
+
+    fn id(token: &[u8]) -> u32 {
+        vocab().iter().position(|t| *t == token).unwrap() as u32
+    }
+
+    fn allowed(mask: &SimpleVob) -> Vec<&'static [u8]> {
+        (0..vocab().len() as u32)
+            .filter(|&t| mask.is_allowed(t))
+            .map(|t| vocab()[t as usize])
+            .collect()
+    }
+
+    #[test]
+    fn a_full_number_masks_out_its_continuations_only() {
+        let bound = NumberBound::new(vocab());
+        assert_eq!(bound.token(id(b"e+1234")), b"e+1234");
+        assert_eq!(bound.token(99), b"");
+        let all = || SimpleVob::alloc_ones(vocab().len());
+
+        let mut mask = all();
+        assert_eq!(bound.restrict(lex("{\"a\": 1"), &mut mask), 1);
+        assert_eq!(allowed(&mask).len(), vocab().len() - 1); // only e+1234
+
+        let mut mask = all();
+        let cleared = bound.restrict(lex("{\"a\": 123456789012345.6"), &mut mask);
+        assert_eq!(cleared, 4);
+        assert_eq!(
+            allowed(&mask),
+            [
+                &b"0"[..],
+                b"1",
+                b".",
+                b".5",
+                b",",
+                b"}",
+                b"e",
+                b"\"",
+                b"\xFF<eos>",
+                b"7,"
+            ]
+        );
+
+        let mut mask = all();
+        bound.restrict(lex("{\"a\": 12345678901234567"), &mut mask);
+        assert_eq!(allowed(&mask), [&b","[..], b"}", b"e", b"\"", b"\xFF<eos>"]);
+
+        // Not in a number: nothing changes.
+        let mut mask = all();
+        assert_eq!(
+            bound.restrict(lex("{\"a\": \"12345678901234567"), &mut mask),
+            0
+        );
+        assert_eq!(allowed(&mask).len(), vocab().len());
+    }
+
+    #[test]
+    fn the_grammar_wins_when_the_bound_would_allow_nothing() {
+        let bound = NumberBound::new(vocab());
+        let mut mask = SimpleVob::alloc(vocab().len());
+        mask.allow_token(id(b"0"));
+        mask.allow_token(id(b"12"));
+        assert_eq!(bound.restrict(lex("[0.0000000000000000"), &mut mask), 0);
+        assert_eq!(allowed(&mask), [&b"0"[..], b"12"]);
+    }
 }

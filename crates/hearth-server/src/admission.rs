@@ -167,7 +167,14 @@ impl Admission {
         let (key, woken) = {
             let mut inner = self.lock();
             inner.last_used = Instant::now();
-            if inner.waiting.is_empty() && inner.in_use + need <= self.capacity {
+            // Straight in if it fits and would be first in line (only lower priorities wait):
+            // nobody is overtaken. Queueing it instead would leave it waiting for the next
+            // release although it is the head and fits.
+            let first_in_line = inner
+                .waiting
+                .first_key_value()
+                .is_none_or(|((waiting, _), _)| *waiting > priority);
+            if first_in_line && inner.in_use + need <= self.capacity {
                 inner.in_use += need;
                 inner.running += 1;
                 return Ok(self.permit(need));
@@ -192,12 +199,15 @@ impl Admission {
             need,
             armed: true,
         };
-        let started = Instant::now();
+        // tokio's clock (as the timeout's), so a paused test clock governs both.
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.limits.timeout(priority), woken).await {
             Ok(Ok(())) => {
                 queued.armed = false;
                 Ok(self.permit(need))
             }
+            // Timed out (or, impossibly, the sender vanished): `queued` leaves the queue as
+            // it drops, and lets in whoever fits behind it.
             _ => Err(AdmitError::Timeout {
                 waited: started.elapsed(),
             }),
@@ -220,22 +230,26 @@ impl Admission {
         Permit {
             admission: self.clone(),
             need,
-            since: Instant::now(),
+            since: tokio::time::Instant::now(),
         }
     }
 
     /// Let waiters in, in order, while the first in line fits. Strict order: a big request
-    /// at the head is not overtaken by smaller ones behind it.
+    /// at the head is not overtaken by smaller ones behind it. Runs after every change that
+    /// can make the head fit: slots freed, or a waiter gone (left or timed out).
     fn dispatch(inner: &mut Inner, capacity: usize) {
         while let Some(entry) = inner.waiting.first_entry() {
             if inner.in_use + entry.get().need > capacity {
                 break;
             }
             let waiter = entry.remove();
-            if waiter.wake.send(()).is_ok() {
-                inner.in_use += waiter.need;
-                inner.running += 1;
-            }
+            // Counted even if the waiter no longer listens (its future is being dropped):
+            // its `Queued` guard then finds itself granted and gives the slots back, which
+            // re-runs this loop. Not counting them would make that give-back free slots
+            // that were never taken.
+            inner.in_use += waiter.need;
+            inner.running += 1;
+            let _ = waiter.wake.send(());
         }
     }
 
@@ -248,6 +262,19 @@ impl Admission {
             inner.mean_service_secs = 0.8 * inner.mean_service_secs + 0.2 * held.as_secs_f64();
         }
         Self::dispatch(&mut inner, self.capacity);
+    }
+
+    /// A waiter leaves (client gone, timeout): out of the queue, and whoever was behind it
+    /// may now be first in line and fit. If it was granted in the same instant, its slots
+    /// go back instead.
+    fn leave(&self, key: (Priority, u64), need: usize) {
+        let mut inner = self.lock();
+        if inner.waiting.remove(&key).is_some() {
+            Self::dispatch(&mut inner, self.capacity);
+        } else {
+            drop(inner);
+            self.release(need, None);
+        }
     }
 }
 
@@ -262,12 +289,8 @@ struct Queued {
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let granted = self.admission.lock().waiting.remove(&self.key).is_none();
-        if granted {
-            self.admission.release(self.need, None);
+        if self.armed {
+            self.admission.leave(self.key, self.need);
         }
     }
 }
@@ -276,7 +299,7 @@ impl Drop for Queued {
 pub struct Permit {
     admission: Arc<Admission>,
     need: usize,
-    since: Instant,
+    since: tokio::time::Instant,
 }
 
 impl Drop for Permit {
@@ -374,5 +397,457 @@ mod tests {
         // Both slots are free again: a two-slot request gets in at once.
         let _both = admission.admit(Priority::Low, 5).await.unwrap();
         assert_eq!(admission.snapshot().running, 1);
+    }
+
+    /// Issue #10: a 1-slot request waited behind a 4-slot head that left, with a slot free.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_in_line_gets_in_when_the_head_leaves_or_times_out() {
+        for head_times_out in [false, true] {
+            let mut limits = limits(10, 60_000);
+            limits.timeouts[Priority::High.index()] = Duration::from_secs(5);
+            let admission = Admission::new(4, limits);
+            let _three = admission.admit(Priority::Normal, 3).await.unwrap();
+            let head = {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit(Priority::High, 4).await })
+            };
+            tokio::task::yield_now().await;
+            let next = {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit(Priority::Normal, 1).await })
+            };
+            tokio::task::yield_now().await;
+            assert_eq!(admission.snapshot().waiting, [1, 1, 0]);
+            let started = tokio::time::Instant::now();
+            if head_times_out {
+                assert!(matches!(
+                    head.await.unwrap(),
+                    Err(AdmitError::Timeout { .. })
+                ));
+            } else {
+                head.abort();
+                let _ = head.await;
+            }
+            // In at once (well before its own 60 s timeout), on the free fourth slot.
+            let permit = tokio::time::timeout(Duration::from_millis(1), next)
+                .await
+                .expect("the request behind the departed head stalled")
+                .unwrap()
+                .expect("admitted");
+            let expected = if head_times_out { 5 } else { 0 };
+            assert_eq!(started.elapsed().as_secs(), expected);
+            assert_eq!(admission.snapshot().running, 2);
+            assert_eq!(admission.lock().in_use, 4);
+            drop(permit);
+            assert_eq!(admission.lock().in_use, 3);
+        }
+    }
+
+    /// A higher-priority arrival that fits goes straight in, though bigger requests wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_fitting_arrival_ahead_of_all_waiters_is_not_queued() {
+        let admission = Admission::new(4, limits(10, 60_000));
+        let _three = admission.admit(Priority::Normal, 3).await.unwrap();
+        let big = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit(Priority::Normal, 2).await })
+        };
+        tokio::task::yield_now().await;
+        let high =
+            tokio::time::timeout(Duration::from_millis(1), admission.admit(Priority::High, 1))
+                .await
+                .expect("queued although first in line with a free slot")
+                .unwrap();
+        // A same-priority arrival is behind the waiting one: it must not overtake.
+        let same = admission.clone();
+        let same = tokio::spawn(async move { same.admit(Priority::Normal, 1).await });
+        tokio::task::yield_now().await;
+        assert_eq!(admission.snapshot().waiting, [0, 2, 0]);
+        drop(high);
+        assert_eq!(admission.snapshot().waiting, [0, 2, 0]);
+        big.abort();
+        let _ = big.await;
+        assert!(same.await.unwrap().is_ok());
+    }
+
+    /// The wake-up of a granted waiter whose future is already half dropped (receiver gone,
+    /// `Queued` guard not yet) fails; its slots must still be accounted for exactly once.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_wake_keeps_the_slot_count_right() {
+        let admission = Admission::new(2, limits(10, 60_000));
+        let held = admission.admit(Priority::Normal, 2).await.unwrap();
+        let key = (Priority::Normal, 1_000);
+        let (wake, woken) = oneshot::channel();
+        admission
+            .lock()
+            .waiting
+            .insert(key, Waiter { need: 1, wake });
+        let queued = Queued {
+            admission: admission.clone(),
+            key,
+            need: 1,
+            armed: true,
+        };
+        drop(woken);
+        drop(held); // dispatch: the waiter fits, but nobody hears the wake-up
+        assert_eq!(admission.lock().in_use, 1);
+        drop(queued); // finds itself granted: gives the slot back
+        assert_eq!(admission.lock().in_use, 0);
+        assert_eq!(admission.snapshot().running, 0);
+        let _both = admission.admit(Priority::Low, 2).await.unwrap();
+        assert_eq!(admission.lock().in_use, 2);
+        let full =
+            tokio::time::timeout(Duration::from_millis(1), admission.admit(Priority::High, 1));
+        assert!(full.await.is_err(), "admitted beyond capacity");
+    }
+}
+
+/// The queue against a reference model: random arrivals, departures, releases and timeouts
+/// under tokio's paused clock, every admit future polled by hand so that what happens in
+/// which order is deterministic.
+#[cfg(test)]
+mod model_tests {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Arrive(Priority, usize),
+        /// A waiting request's client hangs up.
+        Leave(Index),
+        /// A running request finishes.
+        Release(Index),
+        /// A release and, in the same instant (no poll between), a waiter's hang-up: the one
+        /// let in by that release may be the one leaving.
+        ReleaseAndLeave(Index, Index),
+        /// Milliseconds pass (a multiple of 10; timeouts end in 5, so never exactly then).
+        Advance(u64),
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        Admitted,
+        Rejected,
+        TimedOut,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Status {
+        Waiting { key: (Priority, u64), deadline: u64 },
+        Granted,
+        Rejected,
+    }
+
+    /// What the queue should do: strict order by (priority, arrival), the head let in as soon
+    /// as it fits.
+    struct Model {
+        capacity: usize,
+        max_depth: usize,
+        timeouts: [u64; 3],
+        now: u64,
+        in_use: usize,
+        waiting: BTreeMap<(Priority, u64), usize>,
+        /// Futures not yet resolved, by arrival id.
+        pending: BTreeMap<u64, (usize, Status)>,
+        permits: BTreeMap<u64, usize>,
+    }
+
+    impl Model {
+        fn arrive(&mut self, id: u64, priority: Priority, size: usize) {
+            let need = size.clamp(1, self.capacity);
+            let first = self
+                .waiting
+                .keys()
+                .next()
+                .is_none_or(|(waiting, _)| *waiting > priority);
+            let status = if first && self.in_use + need <= self.capacity {
+                self.in_use += need;
+                Status::Granted
+            } else if self.waiting.len() >= self.max_depth {
+                Status::Rejected
+            } else {
+                let key = (priority, id);
+                self.waiting.insert(key, need);
+                let deadline = self.now + self.timeouts[priority.index()];
+                Status::Waiting { key, deadline }
+            };
+            self.pending.insert(id, (need, status));
+        }
+
+        fn dispatch(&mut self) {
+            while let Some((&key, &need)) = self.waiting.first_key_value() {
+                if self.in_use + need > self.capacity {
+                    break;
+                }
+                self.waiting.remove(&key);
+                self.in_use += need;
+                self.pending.get_mut(&key.1).unwrap().1 = Status::Granted;
+            }
+        }
+
+        /// The future is dropped unresolved.
+        fn leave(&mut self, id: u64) {
+            match self.pending.remove(&id).unwrap() {
+                (_, Status::Waiting { key, .. }) => {
+                    self.waiting.remove(&key);
+                }
+                (need, Status::Granted) => self.in_use -= need,
+                (_, Status::Rejected) => unreachable!("resolved at its first poll"),
+            }
+            self.dispatch();
+        }
+
+        fn release(&mut self, id: u64) {
+            self.in_use -= self.permits.remove(&id).unwrap();
+            self.dispatch();
+        }
+
+        /// One pass over the unresolved futures in arrival order, as `Real::poll_pass`.
+        fn poll_pass(&mut self, outcomes: &mut Vec<(u64, Outcome)>) -> bool {
+            let before = outcomes.len();
+            let ids: Vec<u64> = self.pending.keys().copied().collect();
+            for id in ids {
+                let (need, status) = self.pending[&id];
+                match status {
+                    Status::Granted => {
+                        self.pending.remove(&id);
+                        self.permits.insert(id, need);
+                        outcomes.push((id, Outcome::Admitted));
+                    }
+                    Status::Rejected => {
+                        self.pending.remove(&id);
+                        outcomes.push((id, Outcome::Rejected));
+                    }
+                    Status::Waiting { key, deadline } if deadline < self.now => {
+                        self.pending.remove(&id);
+                        self.waiting.remove(&key);
+                        self.dispatch();
+                        outcomes.push((id, Outcome::TimedOut));
+                    }
+                    Status::Waiting { .. } => {}
+                }
+            }
+            outcomes.len() > before
+        }
+    }
+
+    type AdmitFuture = Pin<Box<dyn Future<Output = Result<Permit, AdmitError>>>>;
+
+    /// The real queue, with the caller side of every request.
+    struct Real {
+        admission: Arc<Admission>,
+        timeouts: [u64; 3],
+        priorities: BTreeMap<u64, Priority>,
+        pending: BTreeMap<u64, AdmitFuture>,
+        permits: BTreeMap<u64, Permit>,
+    }
+
+    impl Real {
+        fn poll_pass(&mut self, cx: &mut Context<'_>, outcomes: &mut Vec<(u64, Outcome)>) -> bool {
+            let before = outcomes.len();
+            let ids: Vec<u64> = self.pending.keys().copied().collect();
+            for id in ids {
+                let Poll::Ready(result) = self.pending.get_mut(&id).unwrap().as_mut().poll(cx)
+                else {
+                    continue;
+                };
+                self.pending.remove(&id);
+                let outcome = match result {
+                    Ok(permit) => {
+                        self.permits.insert(id, permit);
+                        Outcome::Admitted
+                    }
+                    Err(AdmitError::QueueFull { .. }) => Outcome::Rejected,
+                    Err(AdmitError::Timeout { waited }) => {
+                        let timeout = self.timeouts[self.priorities[&id].index()];
+                        assert!(waited >= Duration::from_millis(timeout), "{waited:?}");
+                        Outcome::TimedOut
+                    }
+                };
+                outcomes.push((id, outcome));
+            }
+            outcomes.len() > before
+        }
+    }
+
+    /// Poll both sides until nothing more resolves, then compare.
+    async fn settle(real: &mut Real, model: &mut Model, step: usize) {
+        let mut real_outcomes = Vec::new();
+        std::future::poll_fn(|cx| {
+            while real.poll_pass(cx, &mut real_outcomes) {}
+            Poll::Ready(())
+        })
+        .await;
+        let mut model_outcomes = Vec::new();
+        while model.poll_pass(&mut model_outcomes) {}
+        assert_eq!(real_outcomes, model_outcomes, "step {step}: outcomes");
+
+        let inner = real.admission.lock();
+        // (c) slots in use are exactly the live permits' and never exceed capacity.
+        let held: usize = real.permits.values().map(|p| p.need).sum();
+        assert_eq!(inner.in_use, held, "step {step}: slots vs permits");
+        assert_eq!(inner.in_use, model.in_use, "step {step}: slots vs model");
+        assert!(inner.in_use <= model.capacity, "step {step}: over capacity");
+        // (a) no stall: the head of the line does not fit, or nobody waits.
+        if let Some(head) = inner.waiting.values().next() {
+            assert!(
+                inner.in_use + head.need > model.capacity,
+                "step {step}: a slot is free for the head of the line"
+            );
+        }
+        drop(inner);
+        // (b) order: whoever got in this step was ahead of everyone still waiting.
+        let rank = |id: &u64| (real.priorities[id], *id);
+        for (id, outcome) in &real_outcomes {
+            if *outcome == Outcome::Admitted {
+                for waiting in real.pending.keys() {
+                    assert!(
+                        rank(id) < rank(waiting),
+                        "step {step}: {id} overtook {waiting}"
+                    );
+                }
+            }
+        }
+        assert!(
+            real.pending.keys().eq(model.pending.keys()),
+            "step {step}: waiting"
+        );
+        // (d) the snapshot counts.
+        let snapshot = real.admission.snapshot();
+        assert_eq!(snapshot.running, real.permits.len(), "step {step}: running");
+        let mut waiting = [0; 3];
+        for id in real.pending.keys() {
+            waiting[real.priorities[id].index()] += 1;
+        }
+        assert_eq!(snapshot.waiting, waiting, "step {step}: waiting counts");
+    }
+
+    fn nth<T>(map: &BTreeMap<u64, T>, index: &Index) -> Option<u64> {
+        (!map.is_empty()).then(|| *map.keys().nth(index.index(map.len())).unwrap())
+    }
+
+    async fn run(capacity: usize, max_depth: usize, timeouts: [u64; 3], ops: Vec<Op>) {
+        let limits = QueueLimits {
+            max_depth,
+            max_depth_per_priority: [usize::MAX; 3],
+            timeouts: timeouts.map(Duration::from_millis),
+        };
+        let mut real = Real {
+            admission: Admission::new(capacity, limits),
+            timeouts,
+            priorities: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            permits: BTreeMap::new(),
+        };
+        let mut model = Model {
+            capacity,
+            max_depth,
+            timeouts,
+            now: 0,
+            in_use: 0,
+            waiting: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            permits: BTreeMap::new(),
+        };
+        let start = tokio::time::Instant::now();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Arrive(priority, size) => {
+                    let id = step as u64;
+                    let admission = real.admission.clone();
+                    real.priorities.insert(id, priority);
+                    real.pending.insert(
+                        id,
+                        Box::pin(async move { admission.admit(priority, size).await }),
+                    );
+                    model.arrive(id, priority, size);
+                }
+                Op::Leave(which) => {
+                    if let Some(id) = nth(&real.pending, &which) {
+                        real.pending.remove(&id);
+                        model.leave(id);
+                    }
+                }
+                Op::Release(which) => {
+                    if let Some(id) = nth(&real.permits, &which) {
+                        real.permits.remove(&id);
+                        model.release(id);
+                    }
+                }
+                Op::ReleaseAndLeave(release, leave) => {
+                    if let Some(id) = nth(&real.permits, &release) {
+                        real.permits.remove(&id);
+                        model.release(id);
+                    }
+                    if let Some(id) = nth(&real.pending, &leave) {
+                        real.pending.remove(&id);
+                        model.leave(id);
+                    }
+                }
+                Op::Advance(ms) => {
+                    tokio::time::advance(Duration::from_millis(ms)).await;
+                    model.now += ms;
+                    assert_eq!(start.elapsed(), Duration::from_millis(model.now));
+                }
+            }
+            settle(&mut real, &mut model, step).await;
+        }
+        // Everyone finishing empties the queue.
+        real.permits.clear();
+        real.pending.clear();
+        let inner = real.admission.lock();
+        assert_eq!(
+            (inner.in_use, inner.running, inner.waiting.len()),
+            (0, 0, 0)
+        );
+    }
+
+    fn priority() -> impl Strategy<Value = Priority> {
+        prop::sample::select(Priority::ALL.to_vec())
+    }
+
+    fn scenario() -> impl Strategy<Value = (usize, usize, [u64; 3], Vec<Op>)> {
+        let timeout = (1..=12u64).prop_map(|tens| tens * 10 + 5);
+        (1..=4usize, 1..=8usize, [timeout.clone(), timeout.clone(), timeout]).prop_flat_map(
+            |(capacity, max_depth, timeouts)| {
+                let op = prop_oneof![
+                    4 => (priority(), 1..=capacity + 1).prop_map(|(p, n)| Op::Arrive(p, n)),
+                    1 => any::<Index>().prop_map(Op::Leave),
+                    3 => any::<Index>().prop_map(Op::Release),
+                    1 => (any::<Index>(), any::<Index>()).prop_map(|(r, l)| Op::ReleaseAndLeave(r, l)),
+                    2 => (1..=6u64).prop_map(|tens| Op::Advance(tens * 10)),
+                ];
+                (
+                    Just(capacity),
+                    Just(max_depth),
+                    Just(timeouts),
+                    prop::collection::vec(op, 1..60),
+                )
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_queue_follows_the_reference_model(
+            (capacity, max_depth, timeouts, ops) in scenario()
+        ) {
+            // What `#[tokio::test(start_paused = true)]` builds, once per case.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(run(capacity, max_depth, timeouts, ops));
+        }
     }
 }
