@@ -193,7 +193,7 @@ fn check_render(
 }
 
 proptest! {
-    #![proptest_config(config(400))]
+    #![proptest_config(config(2000))]
 
     #[test]
     fn arbitrary_conversations_render_without_evaluating_text(

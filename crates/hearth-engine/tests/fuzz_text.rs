@@ -141,7 +141,7 @@ fn without_nested(stops: Vec<String>) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(config(3000))]
+    #![proptest_config(config(5000))]
 
     /// Decoding in arbitrary pieces equals decoding at once, and both equal
     /// `String::from_utf8_lossy` (one U+FFFD per invalid sequence, as Python does).

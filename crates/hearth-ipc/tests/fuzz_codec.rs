@@ -335,7 +335,7 @@ fn any_f32() -> BoxedStrategy<f32> {
 }
 
 proptest! {
-    #![proptest_config(config(1000))]
+    #![proptest_config(config(5000))]
 
     #[test]
     fn arbitrary_bytes_never_panic_a_reader(
@@ -434,7 +434,7 @@ fn async_reader_agrees_on_arbitrary_bytes() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let mut runner = proptest::test_runner::TestRunner::new(config(300));
+    let mut runner = proptest::test_runner::TestRunner::new(config(1000));
     runner
         .run(
             &prop_oneof![

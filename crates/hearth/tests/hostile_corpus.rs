@@ -791,8 +791,7 @@ fn message_cases() -> Vec<Case> {
             "5000 small messages",
             json!({"messages": vec![json!({"role": "user", "content": "a"}); 5000]}),
         )
-        .status(400)
-        .code("context_length_exceeded"),
+        .status(400),
         chat("a 200 KB message with n = 16", json!({"n": 16, "messages": [{"role": "user", "content": "x y ".repeat(50_000)}]})).status(400),
     ]
 }

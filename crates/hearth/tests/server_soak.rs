@@ -74,7 +74,7 @@ fn request(index: usize) -> (&'static str, Vec<u8>, u16, usize) {
     let max_tokens = 2 + (index * 5) % 5;
     let messages = json!([
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": format!("Say something about the number {index}.")},
+        {"role": "user", "content": format!("{index}?")},
     ]);
     let chat = |extra: Value| {
         let mut body = json!({"model": "smol", "messages": messages, "max_tokens": max_tokens, "temperature": 0.7, "seed": index});
