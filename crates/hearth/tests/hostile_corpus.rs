@@ -1805,24 +1805,18 @@ fn hostile_input_corpus() {
     let mut slow = Vec::new();
     let mut time_answers = Duration::ZERO;
     let mut time_errors = Duration::ZERO;
-    // The worker is preloaded and never idles out during the run: a different pid (or none)
-    // at the start of a case means the previous case killed it. (It is replaced on the next
-    // request, so the restart counter would blame the case after.)
-    let mut last_pid = server.worker_pid("smol");
-    let mut previous: Option<&str> = None;
+    // Pin a worker's death on the case that caused it: the worker alive before a case must
+    // be the one alive after it (and at the start of the next case, for a death that
+    // lands a moment after the reply). The restart counter would blame the case after:
+    // a dead worker is replaced on the next request.
+    let mut after_previous: Option<(&str, u32)> = None;
     for case in &cases {
         let pid = server.worker_pid("smol");
-        if let Some(name) = previous {
-            match (last_pid, pid) {
-                (_, None) => failures.push(format!("{name}: the worker died")),
-                (Some(old), Some(new)) if old != new => {
-                    failures.push(format!("{name}: the worker {old} was replaced by {new}"))
-                }
-                _ => {}
+        if let Some((name, old)) = after_previous {
+            if pid != Some(old) {
+                failures.push(format!("{name}: the worker {old} died just after it"));
             }
         }
-        last_pid = pid;
-        previous = Some(case.name.as_str());
         let timeout = match case.status {
             Status::Is(200) => ANSWER_TIMEOUT,
             _ => ERROR_TIMEOUT,
@@ -1831,12 +1825,17 @@ fn hostile_input_corpus() {
         let reply = exchange(&addr, request_bytes(case, &addr), timeout);
         let took = t.elapsed();
         if matches!(&reply, Ok(r) if r.status >= 500) {
-            // Let a dying worker finish dying, so the check above sees it.
+            // Let a dying worker finish dying, so the check below sees it.
             std::thread::sleep(Duration::from_millis(300));
         }
         if let Err(e) = reply.and_then(|reply| check_case(case, &reply)) {
             failures.push(format!("{}: {e}", case.name));
         }
+        let pid_after = server.worker_pid("smol");
+        if let Some(old) = pid.filter(|old| pid_after != Some(*old)) {
+            failures.push(format!("{}: the worker {old} died", case.name));
+        }
+        after_previous = pid_after.map(|p| (case.name.as_str(), p));
         if took > Duration::from_secs(1) {
             slow.push(format!("{} ({took:.1?})", case.name));
         }
