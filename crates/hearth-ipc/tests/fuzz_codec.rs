@@ -12,8 +12,8 @@ use hearth_api::format::JsonFormat;
 use hearth_api::logprobs::{TokenOutput, TopToken};
 use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::{
-    read_frame, read_frame_async, write_frame, FromWorker, PromptSpec, ToWorker, WorkerReady,
-    WorkerStatus,
+    read_frame, read_frame_async, write_frame, FrameIds, FromWorker, Incoming, PromptSpec,
+    ToWorker, WorkerReady, WorkerStatus,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -172,11 +172,16 @@ fn prompt() -> impl Strategy<Value = PromptSpec> {
 
 fn to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        (any::<u64>(), prompt(), params()).prop_map(|(id, prompt, params)| ToWorker::Generate {
-            id,
-            prompt,
-            params: Box::new(params),
-        }),
+        (
+            any::<u64>(),
+            prompt(),
+            prop::collection::vec(params(), 0..3)
+        )
+            .prop_map(|(id, prompt, choices)| ToWorker::Generate {
+                id,
+                prompt,
+                choices,
+            }),
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         any::<u64>().prop_map(|nonce| ToWorker::Ping { nonce }),
         Just(ToWorker::Shutdown),
@@ -369,18 +374,40 @@ proptest! {
         drain::<ToWorker>(&bytes[..cut]);
     }
 
-    /// A frame whose body is arbitrary bytes with a correct length header.
+    /// A frame whose body is arbitrary bytes with a correct header: it reads as a message
+    /// or as unreadable *with the header's ids* (so those requests can be failed), and the
+    /// stream goes on to the next frame.
     #[test]
-    fn framed_garbage_is_an_error(body in prop::collection::vec(any::<u8>(), 0..300)) {
+    fn framed_garbage_names_its_requests(
+        body in prop::collection::vec(any::<u8>(), 0..300),
+        first in any::<u64>(),
+        count in any::<u32>(),
+    ) {
         let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&first.to_be_bytes());
+        bytes.extend_from_slice(&count.to_be_bytes());
         bytes.extend_from_slice(&body);
-        let read = read_frame::<_, ToWorker>(&mut bytes.as_slice());
-        if let Ok(Some(message)) = read {
-            // It happened to be a message: then it reads back as itself.
-            let mut again = Vec::new();
-            write_frame(&mut again, &message).unwrap();
-            prop_assert_eq!(read_frame::<_, ToWorker>(&mut again.as_slice()).unwrap(), Some(message));
+        write_frame(&mut bytes, &ToWorker::Ping { nonce: 1 }).unwrap();
+        let mut reader = bytes.as_slice();
+        match read_frame::<_, ToWorker>(&mut reader).unwrap() {
+            Some(Incoming::Message(message)) => {
+                // It happened to be a message: then it reads back as itself.
+                let mut again = Vec::new();
+                write_frame(&mut again, &message).unwrap();
+                prop_assert_eq!(
+                    read_frame::<_, ToWorker>(&mut again.as_slice()).unwrap(),
+                    Some(Incoming::Message(message))
+                );
+            }
+            Some(Incoming::Unreadable { ids, .. }) => {
+                prop_assert_eq!(ids, FrameIds { first, count });
+            }
+            None => prop_assert!(false, "a complete frame reads as something"),
         }
+        prop_assert_eq!(
+            read_frame::<_, ToWorker>(&mut reader).unwrap(),
+            Some(Incoming::Message(ToWorker::Ping { nonce: 1 }))
+        );
     }
 
     #[test]
@@ -395,7 +422,7 @@ proptest! {
         let mut reader = Trickle { data: &bytes, sizes, call: 0 };
         for message in &messages {
             let read = read_frame::<_, ToWorker>(&mut reader).unwrap();
-            prop_assert_eq!(read.as_ref(), Some(message));
+            prop_assert_eq!(read, Some(Incoming::Message(message.clone())));
         }
         prop_assert_eq!(read_frame::<_, ToWorker>(&mut reader).unwrap(), None);
     }
@@ -411,7 +438,10 @@ proptest! {
         }
         let mut reader = Trickle { data: &bytes, sizes, call: 0 };
         for message in &messages {
-            let read = read_frame::<_, FromWorker>(&mut reader).unwrap().map(|m| comparable(&m));
+            let read = match read_frame::<_, FromWorker>(&mut reader).unwrap() {
+                Some(Incoming::Message(m)) => Some(comparable(&m)),
+                other => panic!("expected a message, got {other:?}"),
+            };
             prop_assert_eq!(read, Some(comparable(message)));
         }
         prop_assert_eq!(read_frame::<_, FromWorker>(&mut reader).unwrap(), None);
