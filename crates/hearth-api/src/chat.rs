@@ -137,6 +137,12 @@ impl ChatCompletionRequest {
             }
         }
         let Some(tools) = &self.tools else {
+            if choice.is_some() {
+                return Err(ApiError::invalid_value(
+                    "tool_choice",
+                    "tool_choice is only allowed when tools are given",
+                ));
+            }
             return Ok(None);
         };
         for (i, tool) in tools.iter().enumerate() {

@@ -41,6 +41,7 @@ pub fn parse_request<T: WithSampling>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = parse_body(body)?;
     let mut request: T = from_value(&value)?;
     *request.sampling_mut() = from_value(&value)?;
+    request.sampling_mut().guided = from_value(&value)?;
     Ok(request)
 }
 

@@ -101,8 +101,9 @@ pub struct SamplingFields {
     pub user: Option<String>,
     /// `text`, `json_object` or `json_schema`.
     pub response_format: Option<serde_json::Value>,
-    /// vLLM's `guided_json`, `guided_regex`, `guided_choice`.
-    #[serde(flatten)]
+    /// vLLM's `guided_json`, `guided_regex`, `guided_choice`. Read in a pass of their own
+    /// (`parse_request`): `#[serde(flatten)]` would lose the path of a bad value.
+    #[serde(skip)]
     pub guided: crate::format::GuidedFields,
 }
 
