@@ -1777,11 +1777,7 @@ impl FloorBoundary for str {
 }
 
 fn restarts(server: &Server) -> f64 {
-    let text = send("GET", &server.url("/metrics"), &[], None).text;
-    text.lines()
-        .filter(|l| l.starts_with("hearth:worker_restarts_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    server.metric_sum("hearth:worker_restarts_total")
 }
 
 #[test]

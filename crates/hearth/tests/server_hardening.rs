@@ -10,12 +10,7 @@ use serde_json::{json, Value};
 
 /// Every restart the server has counted, whatever the reason.
 fn restarts(server: &Server) -> f64 {
-    send("GET", &server.url("/metrics"), &[], None)
-        .text
-        .lines()
-        .filter(|l| l.starts_with("hearth:worker_restarts_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    server.metric_sum("hearth:worker_restarts_total")
 }
 
 fn chat(content: &str, extra: Value) -> Value {
@@ -370,27 +365,10 @@ fn a_request_the_lost_worker_had_not_started_is_retried_on_a_new_one() {
 #[test]
 fn ctrl_c_drains_and_stops_workers_without_errors() {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"));
     let model = format!("smol={}", model_path().display());
-    command
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--ctx-size",
-            "1024",
-        ])
-        .args(["--model", &model, "--preload"])
-        .env("HEARTH_LOG", "hearth=info")
-        .env(
-            "HEARTH_STATE_DIR",
-            std::env::temp_dir().join(format!("hearth-sigint-{}", std::process::id())),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
+    let mut command = Server::command(&["--model", &model, "--preload"], &[]);
+    // Its own group, as a shell gives a foreground job; the test is not in it.
+    command.process_group(0);
     let server = Server::from_child(command.spawn().unwrap());
     let worker = server.worker_pid("smol").unwrap();
     let stream = {

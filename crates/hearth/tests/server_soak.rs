@@ -315,12 +315,7 @@ fn settled(server: &Server) -> bool {
 }
 
 fn successes(server: &Server) -> f64 {
-    send("GET", &server.url("/metrics"), &[], None)
-        .text
-        .lines()
-        .filter(|l| l.starts_with("hearth:request_success_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    server.metric_sum("hearth:request_success_total")
 }
 
 /// Resident memory of (orchestrator, worker) as requests complete, for the summary.

@@ -31,6 +31,15 @@ impl Server {
     /// `hearth serve` with these arguments (models included) and environment, on a free
     /// port, with its own state directory unless the environment names one.
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::from_child(
+            Server::command(args, env)
+                .spawn()
+                .expect("the hearth binary runs"),
+        )
+    }
+
+    /// The command `launch` runs, for tests that adjust it before spawning.
+    pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let state_dir =
@@ -55,7 +64,7 @@ impl Server {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        Server::from_child(command.spawn().expect("the hearth binary runs"))
+        command
     }
 
     /// Attach to a `hearth serve` started by the caller with stderr piped: wait for its
@@ -226,6 +235,19 @@ impl Server {
     /// prints them (sorted, e.g. `model="smol",priority="low"`); 0 when absent.
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
         self.metric_with(name, labels, &[])
+    }
+
+    /// The sum of every series of a metric, whatever its labels (e.g. all restarts).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        send("GET", &self.url("/metrics"), &[], None)
+            .text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn metric_with(&self, name: &str, labels: &str, headers: &[(&str, &str)]) -> f64 {
