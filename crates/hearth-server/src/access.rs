@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use http_body_util::BodyExt;
 
 use crate::admission::Priority;
 use crate::ids::{self, valid_request_id};
@@ -93,11 +92,35 @@ pub async fn track(State(state): State<AppState>, mut request: Request, next: Ne
         status,
     };
     let (parts, body) = response.into_parts();
-    let body = body.map_frame(move |frame| {
-        let _ = &line;
-        frame
-    });
-    Response::from_parts(parts, axum::body::Body::new(body))
+    Response::from_parts(parts, axum::body::Body::new(Logged { body, _line: line }))
+}
+
+/// A response body that logs its access line when dropped: after the last frame, or when
+/// the client goes away. It forwards the body's size, so a JSON answer keeps its
+/// `Content-Length` instead of going out chunked.
+struct Logged {
+    body: axum::body::Body,
+    _line: AccessLine,
+}
+
+impl http_body::Body for Logged {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn rejection(status: StatusCode, code: Option<&str>) -> Option<Rejection> {

@@ -292,6 +292,11 @@ fn unsupported_features_are_refused_by_name() {
         ),
     );
     assert_eq!(reply.status, 200, "{}", reply.text);
+    // Whole JSON answers say how long they are (the access log's body wrapper keeps it).
+    assert_eq!(
+        reply.header("content-length").map(str::to_owned),
+        Some(reply.text.len().to_string())
+    );
 }
 
 #[test]
