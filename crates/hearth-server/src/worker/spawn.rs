@@ -92,14 +92,16 @@ pub async fn spawn_worker(
     // A group of its own: Ctrl-C in a terminal signals the whole foreground group, and a
     // worker must not die before the orchestrator has drained its requests and stopped it.
     // The kernel kills the worker when we die (PDEATHSIG). Tests of the orphan sweep turn
-    // that off to leave a live worker behind on purpose.
-    let pdeathsig = !settings.keep_orphans;
+    // both off to leave a live, stopped worker behind on purpose: alone in its group, a
+    // stopped worker whose orchestrator dies is an orphaned group, and the kernel sends it
+    // SIGHUP (a fine end for it, but not the leftover the test needs).
+    let detach = !settings.keep_orphans;
     // SAFETY: setpgid and prctl are async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
-                .map_err(std::io::Error::from)?;
-            if pdeathsig {
+            if detach {
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                    .map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(std::io::Error::from)?;
             }
