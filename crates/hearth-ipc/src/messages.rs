@@ -4,6 +4,7 @@ use hearth_api::logprobs::TokenOutput;
 use hearth_api::{ApiError, GenerationParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::codec::{FrameIds, Framed};
 
@@ -24,7 +25,8 @@ pub enum ToWorker {
     /// sequences get ids `id`, `id + 1`, … in order.
     Generate {
         id: u64,
-        prompt: PromptSpec,
+        /// Shared with the request that keeps it for a retry (serialised as the value).
+        prompt: Arc<PromptSpec>,
         choices: Vec<GenerationParams>,
     },
     Cancel {

@@ -179,7 +179,7 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         )
             .prop_map(|(id, prompt, choices)| ToWorker::Generate {
                 id,
-                prompt,
+                prompt: std::sync::Arc::new(prompt),
                 choices,
             }),
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),

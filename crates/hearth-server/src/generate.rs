@@ -2,6 +2,7 @@
 //! before any response is sent, then hand out events until every choice has finished.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::PromptSpec;
@@ -13,8 +14,9 @@ use crate::observe::RequestObserver;
 use crate::state::AppState;
 use crate::worker::{GroupError, RequestGroup, WorkerEvent};
 
-/// Every prompt of one request with its choices' parameters.
-pub type Prompts = Vec<(PromptSpec, Vec<GenerationParams>)>;
+/// Every prompt of one request with its choices' parameters. Prompts are shared, not
+/// copied, between the request (which keeps them for a retry) and the frames to the worker.
+pub type Prompts = Vec<(Arc<PromptSpec>, Vec<GenerationParams>)>;
 
 /// A request whose choices were all accepted by the worker.
 pub struct Started {
@@ -27,16 +29,17 @@ pub struct Started {
     /// Choices per prompt (`n`): usage counts each prompt once.
     pub per_prompt: usize,
     observer: RequestObserver,
-    /// What a transparent retry needs, until it is used or the request has shown output.
-    retry: Option<Retry>,
-    /// Some event beyond acceptance reached the caller: a retry would repeat it.
-    delivered: bool,
+    /// What launching it takes, kept for a transparent retry.
+    job: Job,
+    /// A retry is still allowed: none used yet and nothing beyond acceptance has reached the
+    /// caller (a retry would repeat it).
+    retry_left: bool,
     /// The worker slots this request holds; dropped with it, letting the next one in.
     _permit: Permit,
 }
 
-/// A request whose worker died before it produced anything runs once more on a new one.
-struct Retry {
+/// A request on its model: what `launch` needs, again if the first worker is lost.
+struct Job {
     state: AppState,
     model: String,
     prompts: Prompts,
@@ -66,22 +69,13 @@ pub async fn start(
         .observe(queue_time.as_secs_f64());
 
     let deadline = Instant::now() + state.request_timeout;
-    let attempt = Retry {
+    let job = Job {
         state: state.clone(),
         model: model.to_owned(),
         prompts,
     };
-    let (launched, retry) = match launch(&attempt, deadline).await {
-        Ok(launched) => (launched, Some(attempt)),
-        Err(Launch::Lost(_)) => {
-            tracing::warn!(%model, "worker lost before the request started; retrying once");
-            match launch(&attempt, deadline).await {
-                Ok(launched) => (launched, None),
-                Err(Launch::Lost(error) | Launch::Failed(error)) => return Err(error),
-            }
-        }
-        Err(Launch::Failed(error)) => return Err(error),
-    };
+    let mut retry_left = true;
+    let launched = launch_retrying(&job, &mut retry_left, deadline).await?;
     let (group, prompt_tokens, early) = launched;
     let mut observer = RequestObserver::new(
         state.metrics.clone(),
@@ -100,8 +94,8 @@ pub async fn start(
         prompt_tokens,
         per_prompt,
         observer,
-        retry,
-        delivered: false,
+        job,
+        retry_left,
         _permit: permit,
     })
 }
@@ -114,17 +108,34 @@ enum Launch {
 
 type Launched = (RequestGroup, Vec<usize>, VecDeque<(usize, WorkerEvent)>);
 
+/// `launch`, and once more on a new worker if the first is lost while `retry_left` (which
+/// the retry uses up).
+async fn launch_retrying(
+    job: &Job,
+    retry_left: &mut bool,
+    deadline: Instant,
+) -> Result<Launched, ApiError> {
+    loop {
+        match launch(job, deadline).await {
+            Ok(launched) => return Ok(launched),
+            Err(Launch::Lost(_)) if *retry_left => {
+                *retry_left = false;
+                tracing::warn!(model = %job.model, "worker lost before the request produced output; retrying once");
+            }
+            Err(Launch::Lost(error) | Launch::Failed(error)) => return Err(error),
+        }
+    }
+}
+
 /// Get a worker, start every sequence and wait until the worker has accepted them all.
-async fn launch(attempt: &Retry, deadline: Instant) -> Result<Launched, Launch> {
-    let worker = attempt
+async fn launch(job: &Job, deadline: Instant) -> Result<Launched, Launch> {
+    let worker = job
         .state
         .models
-        .worker(&attempt.model)
+        .worker(&job.model)
         .await
         .map_err(Launch::Failed)?;
-    let mut group = worker
-        .generate(attempt.prompts.clone())
-        .map_err(Launch::Lost)?;
+    let mut group = worker.generate(job.prompts.clone()).map_err(Launch::Lost)?;
     let mut prompt_tokens = vec![0; group.len()];
     let mut accepted = 0;
     let mut early = VecDeque::new();
@@ -178,33 +189,26 @@ impl Started {
                 None => self.group.next(self.deadline).await,
             };
             match event {
-                Ok(Some((_, WorkerEvent::Lost(error)))) if !self.delivered => {
-                    let Some(retry) = self.retry.take() else {
-                        return self.fail(error);
-                    };
-                    tracing::warn!(model = %retry.model, "worker lost before the request produced output; retrying once");
-                    match launch(&retry, self.deadline).await {
+                Ok(Some((_, WorkerEvent::Lost(_)))) if self.retry_left => {
+                    match launch_retrying(&self.job, &mut self.retry_left, self.deadline).await {
                         Ok((group, prompt_tokens, early)) => {
                             self.group = group;
                             self.prompt_tokens = prompt_tokens;
                             self.early = early;
                         }
-                        Err(Launch::Lost(error) | Launch::Failed(error)) => {
-                            return self.fail(error)
-                        }
+                        Err(error) => return self.fail(error),
                     }
                 }
                 Ok(Some((index, WorkerEvent::Lost(error) | WorkerEvent::Failed(error)))) => {
                     let event = WorkerEvent::Failed(error);
                     self.observer.event(index, &event);
-                    self.delivered = true;
+                    self.retry_left = false;
                     return Ok(Some((index, event)));
                 }
                 Ok(Some((index, event))) => {
                     self.observer.event(index, &event);
                     if !matches!(event, WorkerEvent::Accepted { .. }) {
-                        self.delivered = true;
-                        self.retry = None;
+                        self.retry_left = false;
                     }
                     return Ok(Some((index, event)));
                 }

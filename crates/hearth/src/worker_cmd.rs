@@ -166,7 +166,7 @@ fn send(outbox: &Outbox, message: &FromWorker) -> bool {
 /// One prompt's sequences, waiting for the preparing thread.
 struct Job {
     ids: Vec<u64>,
-    prompt: PromptSpec,
+    prompt: Arc<PromptSpec>,
     choices: Vec<GenerationParams>,
 }
 
@@ -234,7 +234,8 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
-        let tokens = self.tokenize(job.prompt)?;
+        // Just deserialised, the prompt has no other owner: unwrapping it copies nothing.
+        let tokens = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
         // Validate every choice before accepting any, so a request fails as a whole.
         let mut prepared = Vec::with_capacity(job.choices.len());
         for params in job.choices {

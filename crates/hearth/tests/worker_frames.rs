@@ -88,7 +88,7 @@ fn an_unreadable_frame_fails_its_requests_and_the_worker_serves_on() {
         &mut stream,
         &ToWorker::Generate {
             id: 20,
-            prompt: PromptSpec::Text("Once upon a time".into()),
+            prompt: std::sync::Arc::new(PromptSpec::Text("Once upon a time".into())),
             choices: vec![params.clone(), params],
         },
     )

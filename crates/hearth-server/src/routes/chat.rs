@@ -1,5 +1,7 @@
 //! `POST /v1/chat/completions`.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -38,7 +40,7 @@ pub async fn chat_completions(
     let model = state.models.resolve(&request.model)?;
     let prompt = PromptSpec::Chat { messages, tools };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
-    let started = start(&state, &model, vec![(prompt, choices)], &meta)
+    let started = start(&state, &model, vec![(Arc::new(prompt), choices)], &meta)
         .await
         .map_err(|mut e| {
             // The worker checks the limit against the context; name the field the client sent.

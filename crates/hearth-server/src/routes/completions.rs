@@ -1,5 +1,7 @@
 //! `POST /v1/completions`: raw text continuation, no chat template.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -43,7 +45,10 @@ pub async fn completions(
                 Prompt::Text(text) => PromptSpec::Text(text),
                 Prompt::Tokens(tokens) => PromptSpec::Tokens(tokens),
             };
-            (spec, (0..n).map(|i| params.for_choice(i)).collect())
+            (
+                Arc::new(spec),
+                (0..n).map(|i| params.for_choice(i)).collect(),
+            )
         })
         .collect();
     let started = start(&state, &model, prompts, &meta).await?;

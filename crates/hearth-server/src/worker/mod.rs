@@ -184,7 +184,7 @@ impl Worker {
     /// prompt crosses to the worker once, however many choices it has.
     pub fn generate(
         self: &Arc<Self>,
-        prompts: Vec<(PromptSpec, Vec<GenerationParams>)>,
+        prompts: Vec<(Arc<PromptSpec>, Vec<GenerationParams>)>,
     ) -> Result<RequestGroup, ApiError> {
         if !self.is_alive() {
             return Err(ApiError::worker_failed(format!(
