@@ -9,20 +9,11 @@ use hearth_api::chat::ChatCompletionRequest;
 use hearth_api::completions::CompletionRequest;
 use hearth_api::{parse_request, ApiError};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::{Map, Number, Value};
 
-/// Cases per property unless `PROPTEST_CASES` says otherwise.
-fn config(default_cases: u32) -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
-    }
-    config
-}
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+use proptest_config::config;
 
 fn check_error(error: &ApiError) -> Result<(), TestCaseError> {
     prop_assert!(
@@ -52,6 +43,9 @@ fn exercise_chat(body: &[u8]) -> Result<(), TestCaseError> {
         check_error(&e)?;
     }
     if let Err(e) = request.sampling.choices() {
+        check_error(&e)?;
+    }
+    if let Err(e) = request.tools_for_template() {
         check_error(&e)?;
     }
     match request.template_messages() {

@@ -11,19 +11,11 @@ use std::sync::OnceLock;
 
 use hearth_engine::{ChatTemplate, TemplateInput};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::{json, Value};
 
-fn config(default_cases: u32) -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
-    }
-    config
-}
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+use proptest_config::config;
 
 /// (family, BOS, EOS), as in template_parity.rs.
 const FAMILIES: &[(&str, &str, &str)] = &[

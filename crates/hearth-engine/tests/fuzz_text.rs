@@ -9,18 +9,10 @@
 use hearth_engine::detok::Utf8Decoder;
 use hearth_engine::stop::{StopMatcher, StopOutcome};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
-fn config(default_cases: u32) -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
-    }
-    config
-}
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+use proptest_config::config;
 
 /// Cut `len` into pieces at these (sorted, deduplicated) points.
 fn pieces(len: usize, cuts: &[prop::sample::Index]) -> Vec<(usize, usize)> {

@@ -16,19 +16,11 @@ use hearth_ipc::{
     ToWorker, WorkerReady, WorkerStatus,
 };
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::Value;
 
-fn config(default_cases: u32) -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
-    }
-    config
-}
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+use proptest_config::config;
 
 /// A reader that hands out at most `sizes[i]` bytes per call, like a socket.
 struct Trickle<'a> {
