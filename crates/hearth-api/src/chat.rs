@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::logprobs::ChatLogprobs;
 use crate::params::{GenerationParams, SamplingFields, MAX_TOP_LOGPROBS};
+use crate::tools::{parse_tools, FunctionCall, ToolCall, ToolCallDelta, ToolFields, ToolUse};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -19,7 +20,8 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
-    /// Legacy function calling; refused until tool calls are parsed.
+    pub parallel_tool_calls: Option<bool>,
+    /// Legacy function calling, mapped onto `tools`.
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     /// Output modalities: only `["text"]` is served.
@@ -95,19 +97,8 @@ impl ChatCompletionRequest {
     }
 
     /// Features this server does not offer are refused by name rather than ignored; returns
-    /// the tool definitions the template should see (none when `tool_choice` is "none").
-    pub fn tools_for_template(&self) -> Result<Option<Vec<Value>>, ApiError> {
-        for (param, value) in [
-            ("functions", &self.functions),
-            ("function_call", &self.function_call),
-        ] {
-            if value.as_ref().is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::invalid_value(
-                    param,
-                    format!("'{param}' (legacy function calling) is not supported; use 'tools'"),
-                ));
-            }
-        }
+    /// the tool definitions the template sees and how calls are made, when tools are given.
+    pub fn tool_use(&self) -> Result<Option<(Vec<Value>, ToolUse)>, ApiError> {
         if self.audio.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid_value(
                 "audio",
@@ -125,44 +116,34 @@ impl ChatCompletionRequest {
                 ));
             }
         }
-        let choice = self.tool_choice.as_ref().filter(|v| !v.is_null());
-        match choice.map(|c| c.as_str()) {
-            None | Some(Some("auto")) => {}
-            Some(Some("none")) => return Ok(None),
-            Some(_) => {
-                return Err(ApiError::invalid_value(
-                    "tool_choice",
-                    "tool_choice may be \"auto\" or \"none\" here: forcing a tool call is not supported yet",
-                ))
-            }
-        }
-        let Some(tools) = &self.tools else {
-            if choice.is_some() {
-                return Err(ApiError::invalid_value(
-                    "tool_choice",
-                    "tool_choice is only allowed when tools are given",
-                ));
-            }
-            return Ok(None);
-        };
-        for (i, tool) in tools.iter().enumerate() {
-            let named = tool.get("type").and_then(Value::as_str) == Some("function")
-                && tool
-                    .pointer("/function/name")
+        let tools = parse_tools(ToolFields {
+            tools: self.tools.as_ref(),
+            tool_choice: self.tool_choice.as_ref(),
+            parallel_tool_calls: self.parallel_tool_calls,
+            functions: self.functions.as_ref(),
+            function_call: self.function_call.as_ref(),
+        })?;
+        if let Some((_, tool_use)) = &tools {
+            let constrained = self.sampling.response_format.as_ref().is_some_and(|f| {
+                f.get("type")
                     .and_then(Value::as_str)
-                    .is_some_and(|n| !n.is_empty());
-            if !named {
+                    .is_some_and(|t| t != "text")
+            }) || self.sampling.guided.is_set();
+            if constrained && tool_use.calls_possible() {
                 return Err(ApiError::invalid_value(
-                    &format!("tools[{i}]"),
-                    "each tool must be {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    "response_format",
+                    "response_format (or guided_*) cannot be combined with tool calls; \
+                     send tool_choice \"none\" or leave the format out",
                 ));
             }
         }
-        Ok(Some(tools.clone()))
+        Ok(tools)
     }
 
     /// Messages as the chat template sees them: content flattened to text.
     pub fn template_messages(&self) -> Result<Vec<Value>, ApiError> {
+        // (call id, function name) of the calls seen so far, for tool messages.
+        let mut call_names: Vec<(String, String)> = Vec::new();
         self.messages
             .iter()
             .enumerate()
@@ -204,16 +185,96 @@ impl ChatCompletionRequest {
                 if let Some(name) = &m.name {
                     message["name"] = Value::String(name.clone());
                 }
-                if let Some(calls) = &m.tool_calls {
-                    message["tool_calls"] = calls.clone();
+                if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+                    if m.role != "assistant" {
+                        return Err(ApiError::invalid_value(
+                            &format!("messages[{i}].tool_calls"),
+                            "only assistant messages carry tool_calls",
+                        ));
+                    }
+                    let calls = template_tool_calls(i, calls)?;
+                    for call in &calls {
+                        if let (Some(id), Some(name)) = (
+                            call.get("id").and_then(Value::as_str),
+                            call.pointer("/function/name").and_then(Value::as_str),
+                        ) {
+                            call_names.push((id.to_owned(), name.to_owned()));
+                        }
+                    }
+                    message["tool_calls"] = Value::Array(calls);
                 }
-                if let Some(id) = &m.tool_call_id {
+                if m.role == "tool" {
+                    let Some(id) = &m.tool_call_id else {
+                        return Err(ApiError::invalid_value(
+                            &format!("messages[{i}].tool_call_id"),
+                            "a tool message needs the tool_call_id of the call it answers",
+                        ));
+                    };
+                    message["tool_call_id"] = Value::String(id.clone());
+                    // Templates that show the function's name (Llama, Gemma) find it here even
+                    // when the client, like OpenAI's SDK, sends only the call id.
+                    if m.name.is_none() {
+                        if let Some((_, name)) = call_names.iter().rev().find(|(c, _)| c == id) {
+                            message["name"] = Value::String(name.clone());
+                        }
+                    }
+                } else if let Some(id) = &m.tool_call_id {
                     message["tool_call_id"] = Value::String(id.clone());
                 }
                 Ok(message)
             })
             .collect()
     }
+}
+
+/// An assistant message's `tool_calls` as templates expect them: OpenAI sends `arguments` as
+/// JSON text, while chat templates were written for (and models trained on) an object, so
+/// text that parses as a JSON object becomes that object (as vLLM and llama.cpp do).
+fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiError> {
+    let Some(list) = calls.as_array() else {
+        return Err(ApiError::invalid_value(
+            &format!("messages[{i}].tool_calls"),
+            "tool_calls must be a list",
+        ));
+    };
+    list.iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let at = |field: &str| format!("messages[{i}].tool_calls[{j}]{field}");
+            let mut call = call.clone();
+            let Some(function) = call.get_mut("function").filter(|f| f.is_object()) else {
+                return Err(ApiError::invalid_value(
+                    &at(".function"),
+                    "each tool call needs a function with a name and arguments",
+                ));
+            };
+            if !function.get("name").is_some_and(Value::is_string) {
+                return Err(ApiError::invalid_value(
+                    &at(".function.name"),
+                    "a tool call's function needs a name",
+                ));
+            }
+            match function.get("arguments") {
+                Some(Value::String(text)) => {
+                    if let Ok(object @ Value::Object(_)) = serde_json::from_str::<Value>(text) {
+                        function["arguments"] = object;
+                    }
+                }
+                Some(Value::Object(_)) => {}
+                None | Some(Value::Null) => function["arguments"] = serde_json::json!({}),
+                Some(_) => {
+                    return Err(ApiError::invalid_value(
+                        &at(".function.arguments"),
+                        "arguments must be JSON text (or an object)",
+                    ))
+                }
+            }
+            if call.get("type").is_none() {
+                call["type"] = Value::String("function".into());
+            }
+            Ok(call)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,7 +299,16 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// `null` when the reply is only tool calls.
+    pub content: Option<String>,
+    /// The model's `<think>` text, for models that write it (vLLM's and llama.cpp's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// Legacy function calling: the one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -285,4 +355,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

@@ -30,6 +30,12 @@ pub struct GuidedFields {
     pub guided_choice: Option<Vec<String>>,
 }
 
+impl GuidedFields {
+    pub fn is_set(&self) -> bool {
+        self.guided_json.is_some() || self.guided_regex.is_some() || self.guided_choice.is_some()
+    }
+}
+
 /// The one constraint a request asks for, from `response_format` or a `guided_*` field.
 pub fn parse_constraint(
     response_format: Option<&Value>,
@@ -128,7 +134,7 @@ pub fn parse_response_format(format: Option<&Value>) -> Result<Option<JsonFormat
 }
 
 /// Size and depth limits keep grammar compilation bounded.
-fn check_schema(param: &str, schema: &Value) -> Result<(), ApiError> {
+pub(crate) fn check_schema(param: &str, schema: &Value) -> Result<(), ApiError> {
     if !schema.is_object() && !schema.is_boolean() {
         return Err(ApiError::invalid_value(
             param,

@@ -9,6 +9,7 @@ pub mod format;
 pub mod logprobs;
 pub mod models;
 pub mod params;
+pub mod tools;
 
 pub use error::ApiError;
 pub use params::{GenerationParams, StopSpec};

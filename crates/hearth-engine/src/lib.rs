@@ -14,6 +14,7 @@ mod scheduler;
 pub mod stop;
 mod structured;
 mod template;
+pub mod tools;
 
 pub use engine::{
     default_threads, Engine, EngineConfig, EngineStats, EventSink, PreparedRequest, RequestHandle,
