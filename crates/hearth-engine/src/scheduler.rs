@@ -281,6 +281,11 @@ impl<'m> Scheduler<'m> {
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let sampled = match seq.constraint.as_mut() {
                     None => Ok(seq.sampler.sample(logits, None)),
+                    // A lazy grammar before its trigger: free text, watched for the trigger.
+                    Some(constraint) if constraint.is_dormant() => {
+                        let (token, logprobs) = seq.sampler.sample(logits, None);
+                        constraint.accept(token).map(|()| (token, logprobs))
+                    }
                     Some(constraint) => constraint.compute_mask().and_then(|()| {
                         let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
                         constraint.accept(token).map(|()| (token, logprobs))

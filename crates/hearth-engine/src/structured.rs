@@ -35,6 +35,12 @@ pub enum OutputFormat {
     Regex(String),
     /// Exactly one of these strings (vLLM's `guided_choice`).
     Choice(Vec<String>),
+    /// An llguidance Lark grammar (tool calls). With a `trigger`, the reply is free until
+    /// the model samples that token, and the grammar governs what follows it.
+    Lark {
+        grammar: String,
+        trigger: Option<u32>,
+    },
 }
 
 impl OutputFormat {
@@ -62,6 +68,10 @@ impl OutputFormat {
                 (TopLevelGrammar::from_json_schema(schema), key)
             }
             OutputFormat::Regex(rx) => (TopLevelGrammar::from_regex(rx), format!("regex:{rx}")),
+            OutputFormat::Lark { grammar, .. } => (
+                TopLevelGrammar::from_lark(grammar.clone()),
+                format!("lark:{grammar}"),
+            ),
             OutputFormat::Choice(choices) => {
                 let rx = choices
                     .iter()
@@ -122,15 +132,22 @@ impl GrammarCompiler {
         // JSON number literals are bounded (see `NumberBound`); regex and choice are the
         // caller's exact language and stay as written.
         let numbers = match format {
-            OutputFormat::JsonObject | OutputFormat::JsonSchema(_) => Some(self.numbers.clone()),
+            OutputFormat::JsonObject | OutputFormat::JsonSchema(_) | OutputFormat::Lark { .. } => {
+                Some(self.numbers.clone())
+            }
             OutputFormat::Regex(_) | OutputFormat::Choice(_) => None,
+        };
+        let trigger = match format {
+            OutputFormat::Lark { trigger, .. } => *trigger,
+            _ => None,
         };
         if let Some(compiled) = self.lock().get(&key) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Constraint::new(compiled.deep_clone(), numbers));
+            return Ok(Constraint::new(compiled.deep_clone(), numbers, trigger));
         }
         let what = match format {
             OutputFormat::Regex(_) | OutputFormat::Choice(_) => "the regular expression",
+            OutputFormat::Lark { .. } => "the tools' schemas",
             _ => "the JSON schema",
         };
         let parser = self
@@ -145,7 +162,7 @@ impl GrammarCompiler {
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
         self.lock().put(key, matcher.deep_clone());
-        Ok(Constraint::new(matcher, numbers))
+        Ok(Constraint::new(matcher, numbers, trigger))
     }
 
     /// Compiled grammars currently cached.
@@ -171,6 +188,8 @@ impl GrammarCompiler {
 /// One sequence's grammar state: the allowed tokens now, advanced by each sampled token.
 pub struct Constraint {
     matcher: Matcher,
+    /// The token that wakes the grammar; until it is sampled nothing is masked.
+    dormant_until: Option<u32>,
     mask: SimpleVob,
     /// JSON formats: the number bound, and where the output so far has left the JSON text.
     numbers: Option<(Arc<NumberBound>, JsonLex)>,
@@ -212,9 +231,10 @@ impl TokenMask for Constraint {
 }
 
 impl Constraint {
-    fn new(matcher: Matcher, numbers: Option<Arc<NumberBound>>) -> Constraint {
+    fn new(matcher: Matcher, numbers: Option<Arc<NumberBound>>, trigger: Option<u32>) -> Constraint {
         Constraint {
             matcher,
+            dormant_until: trigger,
             mask: SimpleVob::new(),
             numbers: numbers.map(|bound| (bound, JsonLex::default())),
         }
@@ -233,8 +253,20 @@ impl Constraint {
         Ok(())
     }
 
+    /// Nothing is masked yet: the trigger token has not been sampled.
+    pub(crate) fn is_dormant(&self) -> bool {
+        self.dormant_until.is_some()
+    }
+
     /// Advance by the token that was sampled.
     pub(crate) fn accept(&mut self, token: u32) -> std::result::Result<(), String> {
+        if let Some(trigger) = self.dormant_until {
+            // The grammar describes what follows the trigger, which it does not include.
+            if token == trigger {
+                self.dormant_until = None;
+            }
+            return Ok(());
+        }
         if let Some((bound, lex)) = &mut self.numbers {
             *lex = lex.advance(bound.token(token));
         }

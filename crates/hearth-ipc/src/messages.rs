@@ -1,6 +1,7 @@
 //! Messages between the orchestrator and a worker.
 
 use hearth_api::logprobs::TokenOutput;
+use hearth_api::tools::{ToolCallDelta, ToolUse};
 use hearth_api::{ApiError, GenerationParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,7 +14,11 @@ use crate::codec::{FrameIds, Framed};
 pub enum PromptSpec {
     Chat {
         messages: Vec<Value>,
+        /// Tool definitions as the template renders them (OpenAI's shape).
         tools: Option<Vec<Value>>,
+        /// How calls are made and reported, when tools were given.
+        #[serde(default)]
+        tool_use: Option<ToolUse>,
     },
     Text(String),
     Tokens(Vec<u32>),
@@ -76,7 +81,14 @@ pub enum FromWorker {
     },
     Delta {
         id: u64,
+        /// New content (never reasoning text or call syntax).
         text: String,
+        /// New `<think>` text, for models that reason before answering.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reasoning: String,
+        /// New pieces of tool calls.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCallDelta>,
         /// Per-token detail, sent only when logprobs were asked for.
         tokens: Vec<TokenOutput>,
         /// Tokens behind this text (always sent: latency metrics count them).

@@ -9,11 +9,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use anyhow::{Context, Result};
 use hearth_api::format::JsonFormat;
 use hearth_api::logprobs::{TokenOutput, TopToken};
+use hearth_api::tools::{ToolCallDelta, ToolChoice, ToolUse};
 use hearth_api::{ApiError, GenerationParams};
+use hearth_engine::tools::{
+    call_grammar, generic_tool_prompt, CallMode, CallTool, ReplyDelta, ReplyParser, ToolSyntax,
+};
 use hearth_engine::{
-    model_chat_template, ChatTemplate, Engine, EngineConfig, EngineError, Event, GeneratedToken,
-    GenerationRequest, LoadOptions, Model, OutputFormat, PreparedRequest, RequestId,
-    SamplingParams, TemplateInput,
+    model_chat_template, ChatTemplate, Engine, EngineConfig, EngineError, Event, FinishReason,
+    GeneratedToken, GenerationRequest, LoadOptions, Model, OutputFormat, PreparedRequest,
+    RequestId, SamplingParams, TemplateInput,
 };
 use hearth_ipc::{
     read_frame, write_frame, FromWorker, Incoming, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
@@ -45,6 +49,10 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         }
     };
     let template = model_chat_template(engine.model()).ok();
+    let syntax = template.as_ref().map(|t| {
+        let source = engine.model().info().chat_template.as_deref().unwrap_or("");
+        ToolSyntax::detect(source, t.supports_tools())
+    });
     let info = engine.model().info();
     send(
         &outbox,
@@ -60,6 +68,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let worker = Arc::new(Worker {
         engine,
         template,
+        syntax,
         outbox,
         sequences: Arc::new(Mutex::new(HashMap::new())),
     });
@@ -184,6 +193,8 @@ type Sequences = Arc<Mutex<HashMap<u64, SequenceState>>>;
 struct Worker {
     engine: Engine,
     template: Option<ChatTemplate>,
+    /// The call syntax and reasoning style read from the template.
+    syntax: Option<ToolSyntax>,
     outbox: Outbox,
     sequences: Sequences,
 }
@@ -235,13 +246,17 @@ impl Worker {
 
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
         // Just deserialised, the prompt has no other owner: unwrapping it copies nothing.
-        let tokens = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
+        let prompt = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
+        let grammar = prompt.reply.as_ref().and_then(|r| r.grammar.clone());
         // Validate every choice before accepting any, so a request fails as a whole.
         let mut prepared = Vec::with_capacity(job.choices.len());
         for params in job.choices {
             let with_logprobs = params.top_logprobs.is_some();
-            let request = generation_request(tokens.clone(), params);
-            let param = if request.format.is_some() {
+            let mut request = generation_request(prompt.tokens.clone(), params);
+            let param = if grammar.is_some() {
+                request.format = grammar.clone();
+                "tools"
+            } else if request.format.is_some() {
                 "response_format"
             } else {
                 "prompt"
@@ -253,28 +268,34 @@ impl Worker {
             prepared.push((ready, with_logprobs));
         }
         for (id, (ready, with_logprobs)) in job.ids.into_iter().zip(prepared) {
-            self.submit(id, ready, with_logprobs)?;
+            let parser = prompt.reply.as_ref().map(ReplySetup::parser);
+            self.submit(id, ready, with_logprobs, parser)?;
         }
         Ok(())
     }
 
-    fn tokenize(&self, prompt: PromptSpec) -> Result<Vec<u32>, ApiError> {
+    fn tokenize(&self, prompt: PromptSpec) -> Result<Prompt, ApiError> {
         let model = self.engine.model();
-        Ok(match prompt {
-            PromptSpec::Chat { messages, tools } => {
-                let template = self.template.as_ref().ok_or_else(|| {
-                    ApiError::invalid_request(
+        let tokens = match prompt {
+            PromptSpec::Chat {
+                mut messages,
+                tools,
+                tool_use,
+            } => {
+                let (Some(template), Some(syntax)) = (self.template.as_ref(), self.syntax) else {
+                    return Err(ApiError::invalid_request(
                         "this model has no chat template; use /v1/completions",
                         Some("messages"),
-                    )
-                })?;
-                if tools.is_some() && !template.supports_tools() {
-                    return Err(ApiError::invalid_request(
-                        "this model's chat template cannot express tools; send the request \
-                         without 'tools' or use a model whose template supports them",
-                        Some("tools"),
                     ));
-                }
+                };
+                // A template that cannot show tools gets them in a system message of ours.
+                let tools = match tools {
+                    Some(tools) if !syntax.template_renders_tools => {
+                        add_system_text(&mut messages, &generic_tool_prompt(&tools));
+                        None
+                    }
+                    tools => tools,
+                };
                 let text = template
                     .render(&TemplateInput {
                         messages,
@@ -283,10 +304,74 @@ impl Worker {
                     })
                     .map_err(|e| engine_error(e, "messages"))?;
                 // Templates write BOS themselves (HF tokenizes chat with add_special_tokens=False).
-                model.tokenize(&text, false, true)
+                let tokens = model.tokenize(&text, false, true);
+                let reply = self.reply_setup(&syntax, tool_use.as_ref(), &text);
+                return Ok(Prompt { tokens, reply });
             }
             PromptSpec::Text(text) => model.tokenize(&text, true, false),
             PromptSpec::Tokens(tokens) => tokens,
+        };
+        Ok(Prompt {
+            tokens,
+            reply: None,
+        })
+    }
+
+    /// How a chat reply is parsed (and constrained): calls when tools are in use, reasoning
+    /// when the model thinks aloud; `None` for plain replies.
+    fn reply_setup(
+        &self,
+        syntax: &ToolSyntax,
+        tool_use: Option<&ToolUse>,
+        rendered: &str,
+    ) -> Option<ReplySetup> {
+        let calls = tool_use.filter(|t| t.calls_possible());
+        if calls.is_none() && !syntax.reasoning {
+            return None;
+        }
+        // DeepSeek-R1 templates open the think block in the prompt itself.
+        let opens_in_reasoning = syntax.reasoning && rendered.trim_end().ends_with("<think>");
+        let grammar = calls.and_then(|tool_use| {
+            let tools: Vec<CallTool> = tool_use
+                .tools
+                .iter()
+                .map(|t| CallTool {
+                    name: t.name.clone(),
+                    parameters: t.parameters.clone(),
+                    strict: t.strict,
+                })
+                .collect();
+            let mode = match &tool_use.choice {
+                ToolChoice::Auto | ToolChoice::None => CallMode::Auto,
+                ToolChoice::Required => CallMode::Required,
+                ToolChoice::Named(name) => CallMode::Named(name.clone()),
+            };
+            let model = self.engine.model();
+            let single_token = |text: &str| match model.tokenize(text, false, true)[..] {
+                [id] => Some(id),
+                _ => None,
+            };
+            let grammar = call_grammar(
+                syntax,
+                &tools,
+                &mode,
+                tool_use.parallel,
+                opens_in_reasoning,
+                &single_token,
+            )?;
+            Some(OutputFormat::Lark {
+                grammar: grammar.lark,
+                trigger: grammar.trigger,
+            })
+        });
+        Some(ReplySetup {
+            syntax: *syntax,
+            tools: calls
+                .map(|t| t.tools.iter().map(|t| t.name.clone()).collect())
+                .unwrap_or_default(),
+            calls_enabled: calls.is_some(),
+            opens_in_reasoning,
+            grammar,
         })
     }
 
@@ -297,6 +382,7 @@ impl Worker {
         id: u64,
         prepared: PreparedRequest,
         with_logprobs: bool,
+        mut parser: Option<ReplyParser>,
     ) -> Result<(), ApiError> {
         let model = self.engine.model().clone();
         let outbox = self.outbox.clone();
@@ -304,24 +390,36 @@ impl Worker {
         let prompt_tokens = prepared.prompt_len();
         let sink = Box::new(move |event: Event| {
             let message = match event {
-                Event::Delta { text, tokens } => FromWorker::Delta {
-                    id,
-                    text,
-                    token_count: tokens.len(),
-                    tokens: if with_logprobs {
-                        tokens.iter().map(|t| token_output(&model, t)).collect()
-                    } else {
-                        vec![]
-                    },
-                },
+                Event::Delta { text, tokens } => {
+                    let reply = match parser.as_mut() {
+                        Some(parser) => parser.push(&text),
+                        None => ReplyDelta {
+                            content: text,
+                            ..ReplyDelta::default()
+                        },
+                    };
+                    delta_message(id, reply, &tokens, with_logprobs.then_some(&*model))
+                }
                 Event::Done {
                     finish_reason,
                     usage,
                 } => {
                     lock(&sequences).remove(&id);
+                    let mut reason = finish_reason.as_str();
+                    if let Some(parser) = parser.as_mut() {
+                        let rest = parser.finish();
+                        if !rest.is_empty() && !send(&outbox, &delta_message(id, rest, &[], None))
+                        {
+                            return false;
+                        }
+                        // A reply that made calls and ended by itself ended to run them.
+                        if parser.calls() > 0 && finish_reason == FinishReason::Stop {
+                            reason = "tool_calls";
+                        }
+                    }
                     FromWorker::Done {
                         id,
-                        finish_reason: finish_reason.as_str().to_owned(),
+                        finish_reason: reason.to_owned(),
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
                     }
@@ -390,6 +488,80 @@ impl Worker {
                 },
             },
         );
+    }
+}
+
+/// A tokenized prompt and how its replies are parsed.
+struct Prompt {
+    tokens: Vec<u32>,
+    reply: Option<ReplySetup>,
+}
+
+/// What each sequence of a chat prompt needs to split its reply, and the call grammar.
+struct ReplySetup {
+    syntax: ToolSyntax,
+    tools: Vec<String>,
+    calls_enabled: bool,
+    opens_in_reasoning: bool,
+    grammar: Option<OutputFormat>,
+}
+
+impl ReplySetup {
+    fn parser(&self) -> ReplyParser {
+        ReplyParser::new(
+            &self.syntax,
+            self.tools.clone(),
+            self.calls_enabled,
+            self.opens_in_reasoning,
+        )
+    }
+}
+
+/// Put text at the start of the system message (adding one if there is none).
+fn add_system_text(messages: &mut Vec<serde_json::Value>, text: &str) {
+    match messages.first_mut() {
+        Some(first) if first.get("role").and_then(|r| r.as_str()) == Some("system") => {
+            let existing = first
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_owned();
+            first["content"] = serde_json::Value::String(if existing.is_empty() {
+                text.to_owned()
+            } else {
+                format!("{existing}\n\n{text}")
+            });
+        }
+        _ => messages.insert(0, serde_json::json!({"role": "system", "content": text})),
+    }
+}
+
+/// A delta frame: content, reasoning and call pieces, and the tokens behind them.
+fn delta_message(
+    id: u64,
+    reply: ReplyDelta,
+    tokens: &[GeneratedToken],
+    logprobs_of: Option<&Model>,
+) -> FromWorker {
+    FromWorker::Delta {
+        id,
+        text: reply.content,
+        reasoning: reply.reasoning,
+        tool_calls: reply
+            .calls
+            .into_iter()
+            .map(|c| ToolCallDelta {
+                index: c.index,
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+        token_count: tokens.len(),
+        tokens: match logprobs_of {
+            Some(model) => tokens.iter().map(|t| token_output(model, t)).collect(),
+            None => vec![],
+        },
     }
 }
 

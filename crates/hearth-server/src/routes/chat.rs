@@ -8,13 +8,13 @@ use axum::Json;
 use hearth_api::chat::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage,
 };
-use hearth_api::logprobs::{ChatLogprobs, TokenOutput};
+use hearth_api::logprobs::ChatLogprobs;
 use hearth_api::params::check_request_size;
 use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChunkFormat, ResponseHead};
+use super::stream::{collect, sse, ChoiceResult, ChunkFormat, Piece, ResponseHead};
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::start;
@@ -30,15 +30,28 @@ pub async fn chat_completions(
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let messages = request.template_messages()?;
-    let tools = request.tools_for_template()?;
+    let (tools, tool_use) = request.tool_use()?.unzip();
     let prompt_bytes = messages
         .iter()
         .filter_map(|m| m.get("content").and_then(Value::as_str))
         .map(str::len)
-        .sum();
+        .sum::<usize>()
+        + tools
+            .iter()
+            .flatten()
+            .map(|t| t.to_string().len())
+            .sum::<usize>();
     check_request_size(&[prompt_bytes], n)?;
     let model = state.models.resolve(&request.model)?;
-    let prompt = PromptSpec::Chat { messages, tools };
+    let calls = match &tool_use {
+        Some(t) if t.calls_possible() => Some(t.legacy),
+        _ => None,
+    };
+    let prompt = PromptSpec::Chat {
+        messages,
+        tools,
+        tool_use,
+    };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
     let started = start(&state, &model, vec![(Arc::new(prompt), choices)], &meta)
         .await
@@ -56,6 +69,7 @@ pub async fn chat_completions(
             "chat.completion.chunk",
         ),
         logprobs: params.top_logprobs.is_some(),
+        calls,
     };
     if request.sampling.streaming() {
         return Ok(sse(started, meta, request.sampling.include_usage()));
@@ -64,15 +78,7 @@ pub async fn chat_completions(
     let choices = results
         .into_iter()
         .enumerate()
-        .map(|(index, r)| ChatChoice {
-            index: index as u32,
-            logprobs: meta.logprobs.then(|| ChatLogprobs::from_tokens(&r.tokens)),
-            message: AssistantMessage {
-                role: "assistant".into(),
-                content: r.text,
-            },
-            finish_reason: Some(r.finish_reason),
-        })
+        .map(|(index, r)| meta.choice(index, r))
         .collect();
     Ok(Json(ChatCompletion {
         id: meta.head.id,
@@ -89,30 +95,125 @@ pub async fn chat_completions(
 struct Meta {
     head: ResponseHead,
     logprobs: bool,
+    /// Tool calls may come back: `Some(legacy)`, where legacy replies use `function_call`.
+    calls: Option<bool>,
+}
+
+impl Meta {
+    fn legacy(&self) -> bool {
+        self.calls == Some(true)
+    }
+
+    /// The finish reason as the client's API names it.
+    fn finish_reason(&self, reason: &str) -> String {
+        match reason {
+            "tool_calls" if self.legacy() => "function_call".into(),
+            other => other.into(),
+        }
+    }
+
+    fn choice(&self, index: usize, r: ChoiceResult) -> ChatChoice {
+        let has_calls = !r.tool_calls.is_empty();
+        let mut message = AssistantMessage {
+            role: "assistant".into(),
+            // OpenAI sends null content when the reply is only calls.
+            content: (!has_calls || !r.text.trim().is_empty()).then_some(r.text),
+            reasoning_content: (!r.reasoning.is_empty()).then_some(r.reasoning),
+            tool_calls: None,
+            function_call: None,
+        };
+        if has_calls {
+            if self.legacy() {
+                message.function_call = r.tool_calls.into_iter().next().map(|c| c.function);
+            } else {
+                message.tool_calls = Some(r.tool_calls);
+            }
+        }
+        ChatChoice {
+            index: index as u32,
+            logprobs: self
+                .logprobs
+                .then(|| ChatLogprobs::from_tokens(&r.tokens)),
+            message,
+            finish_reason: Some(self.finish_reason(&r.finish_reason)),
+        }
+    }
 }
 
 impl ChunkFormat for Meta {
     fn opening(&self, index: usize) -> Option<Value> {
+        // With tools the reply may be only calls, whose message content is null.
+        let content = if self.calls.is_some() {
+            Value::Null
+        } else {
+            json!("")
+        };
         Some(self.head.chunk(json!([{
             "index": index,
-            "delta": {"role": "assistant", "content": ""},
+            "delta": {"role": "assistant", "content": content},
             "logprobs": null,
             "finish_reason": null,
         }])))
     }
 
-    fn delta(&mut self, index: usize, text: &str, tokens: &[TokenOutput]) -> Option<Value> {
-        if text.is_empty() && (tokens.is_empty() || !self.logprobs) {
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
+        let mut delta = serde_json::Map::new();
+        if !piece.text.is_empty() {
+            delta.insert("content".into(), json!(piece.text));
+        }
+        if !piece.reasoning.is_empty() {
+            delta.insert("reasoning_content".into(), json!(piece.reasoning));
+        }
+        if !piece.tool_calls.is_empty() {
+            if self.legacy() {
+                // One call: its name once, then its arguments.
+                let mut call = serde_json::Map::new();
+                for part in piece.tool_calls.iter().filter(|c| c.index == 0) {
+                    if let Some(name) = &part.name {
+                        call.insert("name".into(), json!(name));
+                    }
+                    let so_far = call.get("arguments").and_then(Value::as_str).unwrap_or("");
+                    let arguments = format!("{so_far}{}", part.arguments);
+                    call.insert("arguments".into(), json!(arguments));
+                }
+                if !call.is_empty() {
+                    delta.insert("function_call".into(), Value::Object(call));
+                }
+            } else {
+                let calls: Vec<Value> = piece
+                    .tool_calls
+                    .iter()
+                    .map(|c| match (&c.id, &c.name) {
+                        (Some(id), Some(name)) => json!({
+                            "index": c.index,
+                            "id": id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": c.arguments},
+                        }),
+                        _ => json!({
+                            "index": c.index,
+                            "function": {"arguments": c.arguments},
+                        }),
+                    })
+                    .collect();
+                delta.insert("tool_calls".into(), Value::Array(calls));
+            }
+        }
+        let with_logprobs = self.logprobs && !piece.tokens.is_empty();
+        if delta.is_empty() && !with_logprobs {
             return None;
         }
+        if delta.is_empty() {
+            delta.insert("content".into(), json!(""));
+        }
         let logprobs = if self.logprobs {
-            json!(ChatLogprobs::from_tokens(tokens))
+            json!(ChatLogprobs::from_tokens(piece.tokens))
         } else {
             Value::Null
         };
         Some(self.head.chunk(json!([{
             "index": index,
-            "delta": {"content": text},
+            "delta": delta,
             "logprobs": logprobs,
             "finish_reason": null,
         }])))
@@ -123,7 +224,7 @@ impl ChunkFormat for Meta {
             "index": index,
             "delta": {},
             "logprobs": null,
-            "finish_reason": finish_reason,
+            "finish_reason": self.finish_reason(finish_reason),
         }]))
     }
 

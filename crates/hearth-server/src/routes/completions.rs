@@ -7,13 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_api::chat::Usage;
 use hearth_api::completions::{Completion, CompletionChoice, CompletionRequest, Prompt};
-use hearth_api::logprobs::{CompletionLogprobs, TokenOutput};
+use hearth_api::logprobs::CompletionLogprobs;
 use hearth_api::params::check_request_size;
 use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChunkFormat, ResponseHead};
+use super::stream::{collect, sse, ChunkFormat, Piece, ResponseHead};
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::start;
@@ -103,7 +103,8 @@ impl ChunkFormat for Meta {
         None
     }
 
-    fn delta(&mut self, index: usize, text: &str, tokens: &[TokenOutput]) -> Option<Value> {
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
+        let (text, tokens) = (piece.text, piece.tokens);
         if text.is_empty() && (tokens.is_empty() || !self.logprobs) {
             return None;
         }

@@ -9,6 +9,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use hearth_api::chat::Usage;
 use hearth_api::logprobs::TokenOutput;
+use hearth_api::tools::{FunctionCall, ToolCall, ToolCallDelta};
 use hearth_api::ApiError;
 use serde_json::Value;
 
@@ -62,9 +63,38 @@ impl ResponseHead {
 #[derive(Debug, Default)]
 pub struct ChoiceResult {
     pub text: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
     pub tokens: Vec<TokenOutput>,
     pub finish_reason: String,
     pub completion_tokens: usize,
+}
+
+impl ChoiceResult {
+    /// Add a call's first piece (id and name) or more of its arguments.
+    fn add_call_piece(&mut self, piece: ToolCallDelta) {
+        let index = piece.index as usize;
+        if let (Some(id), Some(name)) = (piece.id, piece.name) {
+            self.tool_calls.push(ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name,
+                    arguments: piece.arguments,
+                },
+            });
+        } else if let Some(call) = self.tool_calls.get_mut(index) {
+            call.function.arguments.push_str(&piece.arguments);
+        }
+    }
+}
+
+/// What one delta event adds to a choice.
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub reasoning: &'a str,
+    pub tool_calls: &'a [ToolCallDelta],
+    pub tokens: &'a [TokenOutput],
 }
 
 /// Wait for every choice; the first error wins.
@@ -76,8 +106,18 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
         let result = &mut results[index];
         match event {
             WorkerEvent::Accepted { .. } => {}
-            WorkerEvent::Delta { text, tokens, .. } => {
+            WorkerEvent::Delta {
+                text,
+                reasoning,
+                tool_calls,
+                tokens,
+                ..
+            } => {
                 result.text.push_str(&text);
+                result.reasoning.push_str(&reasoning);
+                for piece in tool_calls {
+                    result.add_call_piece(piece);
+                }
                 result.tokens.extend(tokens);
             }
             WorkerEvent::Done {
@@ -102,8 +142,8 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
 pub trait ChunkFormat: Send + 'static {
     /// Sent for each choice before its first token (chat: the role).
     fn opening(&self, index: usize) -> Option<Value>;
-    /// New text and the tokens behind it; `None` sends nothing.
-    fn delta(&mut self, index: usize, text: &str, tokens: &[TokenOutput]) -> Option<Value>;
+    /// New text (and reasoning, call pieces) and the tokens behind it; `None` sends nothing.
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value>;
     fn finish(&self, index: usize, finish_reason: &str) -> Value;
     fn usage(&self, usage: Usage) -> Value;
 }
@@ -188,8 +228,20 @@ impl<F: ChunkFormat> Driver<F> {
     fn on_event(&mut self, index: usize, event: WorkerEvent) {
         match event {
             WorkerEvent::Accepted { .. } => {}
-            WorkerEvent::Delta { text, tokens, .. } => {
-                if let Some(chunk) = self.format.delta(index, &text, &tokens) {
+            WorkerEvent::Delta {
+                text,
+                reasoning,
+                tool_calls,
+                tokens,
+                ..
+            } => {
+                let piece = Piece {
+                    text: &text,
+                    reasoning: &reasoning,
+                    tool_calls: &tool_calls,
+                    tokens: &tokens,
+                };
+                if let Some(chunk) = self.format.delta(index, piece) {
                     self.push(chunk);
                 }
             }

@@ -99,12 +99,16 @@ fn route(shared: &Shared, message: FromWorker) {
         FromWorker::Delta {
             id,
             text,
+            reasoning,
+            tool_calls,
             tokens,
             token_count,
         } => (
             id,
             WorkerEvent::Delta {
                 text,
+                reasoning,
+                tool_calls,
                 tokens,
                 token_count,
             },

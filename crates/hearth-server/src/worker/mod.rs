@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_api::logprobs::TokenOutput;
+use hearth_api::tools::ToolCallDelta;
 use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::{PromptSpec, ToWorker, WorkerReady, WorkerStatus};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -28,6 +29,9 @@ pub enum WorkerEvent {
     },
     Delta {
         text: String,
+        /// `<think>` text, for models that reason aloud.
+        reasoning: String,
+        tool_calls: Vec<ToolCallDelta>,
         tokens: Vec<TokenOutput>,
         token_count: usize,
     },
