@@ -35,12 +35,22 @@ pub enum OutputFormat {
     Regex(String),
     /// Exactly one of these strings (vLLM's `guided_choice`).
     Choice(Vec<String>),
-    /// An llguidance Lark grammar (tool calls). With a `trigger`, the reply is free until
-    /// the model samples that token, and the grammar governs what follows it.
-    Lark {
-        grammar: String,
-        trigger: Option<u32>,
-    },
+    /// An llguidance Lark grammar (tool calls), from the first token.
+    Lark(String),
+    /// Free text until the reply writes one of these openers; that opener's grammar governs
+    /// what follows it (`tool_choice: auto`).
+    Triggered(Vec<LazyGrammar>),
+}
+
+/// A grammar that starts once its opener is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LazyGrammar {
+    /// Text that wakes the grammar (a call marker, or `{` opening the reply).
+    pub opener: String,
+    /// Only as the first thing in the reply (after whitespace); else anywhere.
+    pub at_start: bool,
+    /// Lark grammar of what follows the opener.
+    pub grammar: String,
 }
 
 impl OutputFormat {
@@ -68,10 +78,12 @@ impl OutputFormat {
                 (TopLevelGrammar::from_json_schema(schema), key)
             }
             OutputFormat::Regex(rx) => (TopLevelGrammar::from_regex(rx), format!("regex:{rx}")),
-            OutputFormat::Lark { grammar, .. } => (
+            OutputFormat::Lark(grammar) => (
                 TopLevelGrammar::from_lark(grammar.clone()),
                 format!("lark:{grammar}"),
             ),
+            // Compiled one grammar at a time (see `GrammarCompiler::matcher`).
+            OutputFormat::Triggered(_) => (TopLevelGrammar::from_lark(String::new()), String::new()),
             OutputFormat::Choice(choices) => {
                 let rx = choices
                     .iter()
@@ -128,26 +140,32 @@ impl GrammarCompiler {
 
     /// A fresh matcher for this format; schemas the compiler rejects are request errors.
     pub fn matcher(&self, format: &OutputFormat) -> Result<Constraint> {
+        if let OutputFormat::Triggered(lazy) = format {
+            let mut triggers = Vec::with_capacity(lazy.len());
+            for grammar in lazy {
+                let compiled = self.matcher(&OutputFormat::Lark(grammar.grammar.clone()))?;
+                triggers.push((grammar.clone(), compiled.into_matcher()));
+            }
+            let placeholder = match triggers.first() {
+                Some((_, matcher)) => matcher.deep_clone(),
+                None => return Err(EngineError::InvalidRequest("no call grammar".into())),
+            };
+            return Ok(Constraint::waiting(placeholder, triggers, self.numbers.clone()));
+        }
         let (grammar, key) = format.grammar();
         // JSON number literals are bounded (see `NumberBound`); regex and choice are the
         // caller's exact language and stay as written.
         let numbers = match format {
-            OutputFormat::JsonObject | OutputFormat::JsonSchema(_) | OutputFormat::Lark { .. } => {
-                Some(self.numbers.clone())
-            }
             OutputFormat::Regex(_) | OutputFormat::Choice(_) => None,
-        };
-        let trigger = match format {
-            OutputFormat::Lark { trigger, .. } => *trigger,
-            _ => None,
+            _ => Some(self.numbers.clone()),
         };
         if let Some(compiled) = self.lock().get(&key) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Constraint::new(compiled.deep_clone(), numbers, trigger));
+            return Ok(Constraint::new(compiled.deep_clone(), numbers));
         }
         let what = match format {
             OutputFormat::Regex(_) | OutputFormat::Choice(_) => "the regular expression",
-            OutputFormat::Lark { .. } => "the tools' schemas",
+            OutputFormat::Lark(_) | OutputFormat::Triggered(_) => "the tools' schemas",
             _ => "the JSON schema",
         };
         let parser = self
@@ -162,7 +180,7 @@ impl GrammarCompiler {
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
         self.lock().put(key, matcher.deep_clone());
-        Ok(Constraint::new(matcher, numbers, trigger))
+        Ok(Constraint::new(matcher, numbers))
     }
 
     /// Compiled grammars currently cached.
@@ -188,8 +206,8 @@ impl GrammarCompiler {
 /// One sequence's grammar state: the allowed tokens now, advanced by each sampled token.
 pub struct Constraint {
     matcher: Matcher,
-    /// The token that wakes the grammar; until it is sampled nothing is masked.
-    dormant_until: Option<u32>,
+    /// A lazy grammar not yet woken: nothing is masked.
+    waiting: Option<Box<Waiting>>,
     mask: SimpleVob,
     /// JSON formats: the number bound, and where the output so far has left the JSON text.
     numbers: Option<(Arc<NumberBound>, JsonLex)>,
@@ -231,10 +249,10 @@ impl TokenMask for Constraint {
 }
 
 impl Constraint {
-    fn new(matcher: Matcher, numbers: Option<Arc<NumberBound>>, trigger: Option<u32>) -> Constraint {
+    fn new(matcher: Matcher, numbers: Option<Arc<NumberBound>>) -> Constraint {
         Constraint {
             matcher,
-            dormant_until: trigger,
+            waiting: None,
             mask: SimpleVob::new(),
             numbers: numbers.map(|bound| (bound, JsonLex::default())),
         }
@@ -253,17 +271,43 @@ impl Constraint {
         Ok(())
     }
 
-    /// Nothing is masked yet: the trigger token has not been sampled.
+    /// Free text watched for openers; the matcher is a placeholder until one is written.
+    fn waiting(
+        placeholder: Matcher,
+        triggers: Vec<(LazyGrammar, Matcher)>,
+        numbers: Arc<NumberBound>,
+    ) -> Constraint {
+        let mut constraint = Constraint::new(placeholder, Some(numbers));
+        constraint.waiting = Some(Box::new(Waiting {
+            triggers,
+            text: Vec::new(),
+        }));
+        constraint
+    }
+
+    fn into_matcher(self) -> Matcher {
+        self.matcher
+    }
+
+    /// Nothing is masked: a lazy grammar whose opener has not been written.
     pub(crate) fn is_dormant(&self) -> bool {
-        self.dormant_until.is_some()
+        self.waiting.is_some()
     }
 
     /// Advance by the token that was sampled.
     pub(crate) fn accept(&mut self, token: u32) -> std::result::Result<(), String> {
-        if let Some(trigger) = self.dormant_until {
-            // The grammar describes what follows the trigger, which it does not include.
-            if token == trigger {
-                self.dormant_until = None;
+        if let Some(waiting) = self.waiting.as_mut() {
+            let Some((bound, _)) = &self.numbers else {
+                return Ok(());
+            };
+            if let Some((matcher, overshoot)) = waiting.advance(bound.token(token), bound) {
+                // The grammar governs from the opener on; the rest of the token that wrote the
+                // opener is its first text.
+                self.matcher = matcher;
+                self.waiting = None;
+                if let Some((_, lex)) = &mut self.numbers {
+                    *lex = JsonLex::Outside.advance(&overshoot);
+                }
             }
             return Ok(());
         }
@@ -275,6 +319,71 @@ impl Constraint {
         }
         self.matcher.consume_token(token).map_err(|e| e.to_string())
     }
+}
+
+/// A lazy grammar's watch over the free text before its opener.
+struct Waiting {
+    triggers: Vec<(LazyGrammar, Matcher)>,
+    /// The reply so far while an at-start opener may still come, then only a tail long
+    /// enough to hold any opener.
+    text: Vec<u8>,
+}
+
+/// Reply text kept to find an opener split across tokens.
+const OPENER_WINDOW: usize = 64;
+
+impl Waiting {
+    /// Add a token's bytes; the grammar to switch to (with the bytes written past its
+    /// opener already consumed) once an opener is complete.
+    fn advance(&mut self, bytes: &[u8], bound: &NumberBound) -> Option<(Matcher, Vec<u8>)> {
+        let before = self.text.len();
+        self.text.extend_from_slice(bytes);
+        let start = self
+            .text
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(self.text.len());
+        let mut fired = None;
+        for (i, (lazy, _)) in self.triggers.iter().enumerate() {
+            let opener = lazy.opener.as_bytes();
+            let at = if lazy.at_start {
+                self.text[start..].starts_with(opener).then_some(start)
+            } else {
+                // Only where this token could have completed it.
+                let from = before.saturating_sub(opener.len());
+                find(&self.text[from..], opener).map(|at| from + at)
+            };
+            if let Some(at) = at {
+                fired = Some((i, at + opener.len()));
+                break;
+            }
+        }
+        if let Some((i, end)) = fired {
+            let overshoot = self.text[end..].to_vec();
+            let (_, mut matcher) = self.triggers.swap_remove(i);
+            let consumed = bound
+                .encode(&overshoot)
+                .is_some_and(|tokens| matcher.consume_tokens(&tokens).is_ok());
+            if consumed {
+                return Some((matcher, overshoot));
+            }
+            // The model wrote the opener and then something the grammar refuses: the reply
+            // stays free text (the parser shows it as written).
+        }
+        // At-start openers are dead once the reply has text that cannot begin one.
+        let written = &self.text[start..];
+        self.triggers.retain(|(lazy, _)| {
+            !lazy.at_start || (written.len() < lazy.opener.len() && lazy.opener.as_bytes().starts_with(written))
+        });
+        if self.triggers.iter().all(|(lazy, _)| !lazy.at_start) && self.text.len() > OPENER_WINDOW {
+            self.text.drain(..self.text.len() - OPENER_WINDOW);
+        }
+        None
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Lexer work allowed per compile and per step; llguidance's own defaults are the ceiling.
@@ -429,6 +538,8 @@ pub(crate) struct NumberBound {
     bytes: Vec<u8>,
     offsets: Vec<u32>,
     continuing: Vec<u32>,
+    /// Token ids by their bytes, built on first use.
+    by_bytes: std::sync::OnceLock<std::collections::HashMap<Vec<u8>, u32>>,
 }
 
 impl NumberBound {
@@ -437,6 +548,7 @@ impl NumberBound {
             bytes: Vec::new(),
             offsets: vec![0],
             continuing: Vec::new(),
+            by_bytes: std::sync::OnceLock::new(),
         };
         for (id, token) in tokens.into_iter().enumerate() {
             if matches!(
@@ -449,6 +561,31 @@ impl NumberBound {
             bound.offsets.push(bound.bytes.len() as u32);
         }
         bound
+    }
+
+    /// Tokens spelling `bytes`, longest match first (for the few bytes a token wrote past a
+    /// lazy grammar's opener); `None` if some byte starts no token.
+    fn encode(&self, bytes: &[u8]) -> Option<Vec<u32>> {
+        let by_bytes = self.by_bytes.get_or_init(|| {
+            let mut map = std::collections::HashMap::new();
+            for id in (0..self.offsets.len().saturating_sub(1)).rev() {
+                let token = self.token(id as u32);
+                if !token.is_empty() && token[0] != 0xFF {
+                    map.insert(token.to_vec(), id as u32);
+                }
+            }
+            map
+        });
+        let mut tokens = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let longest = (at + 1..=bytes.len().min(at + 64))
+                .rev()
+                .find_map(|end| by_bytes.get(&bytes[at..end]).map(|&id| (id, end)))?;
+            tokens.push(longest.0);
+            at = longest.1;
+        }
+        Some(tokens)
     }
 
     fn token(&self, id: u32) -> &[u8] {

@@ -351,18 +351,14 @@ impl Worker {
                 [id] => Some(id),
                 _ => None,
             };
-            let grammar = call_grammar(
+            Some(call_grammar(
                 syntax,
                 &tools,
                 &mode,
                 tool_use.parallel,
                 opens_in_reasoning,
                 &single_token,
-            )?;
-            Some(OutputFormat::Lark {
-                grammar: grammar.lark,
-                trigger: grammar.trigger,
-            })
+            ))
         });
         Some(ReplySetup {
             syntax: *syntax,

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::{CallFamily, ToolSyntax};
+use crate::structured::{LazyGrammar, OutputFormat};
 
 /// A function the grammar may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,18 +24,15 @@ pub enum CallMode {
     Named(String),
 }
 
-/// A grammar and when it applies.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallGrammar {
-    pub lark: String,
-    /// `auto`: the grammar starts after the model writes this single token (the family's
-    /// call opener); before it the reply is free text. `None`: it applies from the first token.
-    pub trigger: Option<u32>,
-}
+/// Most calls in one reply: small models asked for calls can repeat one without end.
+pub const MAX_CALLS: usize = 8;
 
-/// The call grammar for a request, or `None` when `auto` cannot be constrained (the family
-/// has no opener that is one token in this vocabulary): the reply is then parsed as written.
-/// `single_token` says whether a text is exactly one token of the model, and which.
+/// The call grammar for a request. `required` and a named tool: calls from the first token
+/// (after a think block, for reasoning models). `auto`: free text, and each way the family
+/// opens a call (its marker anywhere; a bare `{` or a ```json fence opening the reply)
+/// wakes a grammar for the rest of the call. A named tool is called once.
+/// `single_token` says whether a text is one token of the model, and which: markers that are
+/// are written by id, so a grammar cannot spell them out of pieces.
 pub fn call_grammar(
     syntax: &ToolSyntax,
     tools: &[CallTool],
@@ -42,7 +40,7 @@ pub fn call_grammar(
     parallel: bool,
     opens_in_reasoning: bool,
     single_token: &dyn Fn(&str) -> Option<u32>,
-) -> Option<CallGrammar> {
+) -> OutputFormat {
     let family = syntax.family;
     let spell = |text: &str| match single_token(text) {
         Some(id) => format!("<[{id}]>"),
@@ -52,51 +50,93 @@ pub fn call_grammar(
         CallMode::Named(name) => tools.iter().filter(|t| &t.name == name).collect(),
         _ => tools.iter().collect(),
     };
-    let mut rules = Vec::new();
-    let alternatives: Vec<String> = (0..chosen.len()).map(|i| format!("call_{i}")).collect();
-    rules.push(format!("call: {}", alternatives.join(" | ")));
+    let more = |item: &str| {
+        if parallel && !matches!(mode, CallMode::Named(_)) {
+            format!(" ({item}){{0,{}}}", MAX_CALLS - 1)
+        } else {
+            String::new()
+        }
+    };
+    // Rules every grammar shares: a call object, after its `{`, is one of the tools'.
+    let mut rules = vec![
+        "call: \"{\" body".to_owned(),
+        format!(
+            "body: {}",
+            (0..chosen.len())
+                .map(|i| format!("body_{i}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+        "ws: /[ \\t\\n]{1,16}/".to_owned(),
+    ];
     for (i, tool) in chosen.iter().enumerate() {
-        let head = format!(
-            "{{\"name\": \"{}\", \"{}\": ",
-            tool.name,
-            family.arguments_key()
-        );
-        rules.push(format!("call_{i}: {} args_{i} \"}}\"", literal(&head)));
+        let head = format!("\"name\": \"{}\", \"{}\": ", tool.name, family.arguments_key());
+        rules.push(format!(
+            "body_{i}: ws? {} args_{i} ws? \"}}\"",
+            literal(&head)
+        ));
         rules.push(format!("args_{i}: %json {}", arguments_schema(tool)));
     }
-    // The calls once the opener (if any) is written.
-    let (after_opener, full) = match family {
-        CallFamily::Hermes => {
-            let close = spell("</tool_call>");
-            let open = spell("<tool_call>");
-            let more = if parallel {
-                format!(" (\"\\n\" {open} \"\\n\" call \"\\n\" {close})*")
-            } else {
-                String::new()
-            };
-            (
-                format!("\"\\n\" call \"\\n\" {close}{more}"),
-                format!("{open} \"\\n\" call \"\\n\" {close}{more}"),
-            )
-        }
-        CallFamily::Mistral => {
-            let more = if parallel { " (\", \" call)*" } else { "" };
-            let body = format!("\"[\" call{more} \"]\"");
-            (body.clone(), format!("{} {body}", spell("[TOOL_CALLS]")))
-        }
-        // One call: these formats have no list.
-        CallFamily::Llama3 | CallFamily::Generic => ("call".to_owned(), "call".to_owned()),
+    let grammar = |start: String, rules: &[String]| {
+        let mut all = vec![format!("start: {start}")];
+        all.extend(rules.iter().cloned());
+        all.join("\n")
     };
-    let start = match mode {
-        CallMode::Auto => {
-            let trigger = single_token(family.opener()?)?;
-            rules.insert(0, format!("start: {after_opener}"));
-            return Some(CallGrammar {
-                lark: rules.join("\n"),
-                trigger: Some(trigger),
+    let (open, close) = (spell("<tool_call>"), spell("</tool_call>"));
+    let hermes_block = format!("ws? {open} ws? call ws? {close}");
+    if *mode == CallMode::Auto {
+        let mut lazy = Vec::new();
+        match family {
+            CallFamily::Hermes => lazy.push(LazyGrammar {
+                opener: "<tool_call>".into(),
+                at_start: false,
+                grammar: grammar(format!("ws? call ws? {close}{}", more(&hermes_block)), &rules),
+            }),
+            CallFamily::Mistral => lazy.push(LazyGrammar {
+                opener: "[TOOL_CALLS]".into(),
+                at_start: false,
+                grammar: grammar(
+                    format!(
+                        "ws? \"[\" ws? call{} ws? \"]\"",
+                        more("ws? \",\" ws? call")
+                    ),
+                    &rules,
+                ),
+            }),
+            CallFamily::Llama3 => lazy.push(LazyGrammar {
+                opener: "<|python_tag|>".into(),
+                at_start: false,
+                grammar: grammar("ws? call".into(), &rules),
+            }),
+            CallFamily::Generic => {}
+        }
+        if family != CallFamily::Mistral {
+            // Small models often answer a call as bare JSON, or fenced.
+            lazy.push(LazyGrammar {
+                opener: "{".into(),
+                at_start: true,
+                grammar: grammar("body".into(), &rules),
+            });
+            lazy.push(LazyGrammar {
+                opener: "```json".into(),
+                at_start: true,
+                grammar: grammar("ws? call ws? \"```\"".into(), &rules),
             });
         }
-        CallMode::Required | CallMode::Named(_) => full,
+        return OutputFormat::Triggered(lazy);
+    }
+    let calls = match family {
+        CallFamily::Hermes => format!(
+            "{open} \"\\n\" call \"\\n\" {close}{}",
+            more(&format!("\"\\n\" {open} \"\\n\" call \"\\n\" {close}"))
+        ),
+        CallFamily::Mistral => format!(
+            "{} \"[\" call{} \"]\"",
+            spell("[TOOL_CALLS]"),
+            more("\", \" call")
+        ),
+        // One call: these formats have no list.
+        CallFamily::Llama3 | CallFamily::Generic => "call".to_owned(),
     };
     // A reasoning model thinks first; the calls follow its `</think>`.
     let start = if syntax.reasoning {
@@ -104,20 +144,15 @@ pub fn call_grammar(
             "think_text[suffix={}]: /(.|\\n)*/",
             literal("</think>")
         ));
-        rules.push("ws: /[ \\t\\n]+/".to_owned());
         if opens_in_reasoning {
-            format!("think_text ws? {start}")
+            format!("think_text ws? {calls}")
         } else {
-            format!("({} think_text ws?)? {start}", spell("<think>"))
+            format!("({} think_text ws?)? {calls}", spell("<think>"))
         }
     } else {
-        start
+        calls
     };
-    rules.insert(0, format!("start: {start}"));
-    Some(CallGrammar {
-        lark: rules.join("\n"),
-        trigger: None,
-    })
+    OutputFormat::Lark(grammar(start, &rules))
 }
 
 /// A Lark string literal (JSON string syntax).
@@ -162,86 +197,70 @@ mod tests {
         }
     }
 
+    fn lark(format: OutputFormat) -> String {
+        match format {
+            OutputFormat::Lark(g) => g,
+            other => panic!("expected a grammar from the first token, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn hermes_grammar_spells_single_tokens_by_id() {
+    fn hermes_grammar_spells_single_tokens_by_id_and_bounds_parallel_calls() {
         let tokens = |t: &str| match t {
             "<tool_call>" => Some(10),
             "</tool_call>" => Some(11),
             _ => None,
         };
-        let g = call_grammar(
+        let g = lark(call_grammar(
             &syntax(CallFamily::Hermes),
             &[weather()],
             &CallMode::Required,
             true,
             false,
             &tokens,
-        )
-        .unwrap();
-        assert_eq!(g.trigger, None);
+        ));
         assert!(
-            g.lark
-                .starts_with("start: <[10]> \"\\n\" call \"\\n\" <[11]> (\"\\n\" <[10]>"),
-            "{}",
-            g.lark
+            g.starts_with("start: <[10]> \"\\n\" call \"\\n\" <[11]> (\"\\n\" <[10]>"),
+            "{g}"
         );
-        assert!(g
-            .lark
-            .contains("\"{\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0"));
-        let auto = call_grammar(
+        assert!(g.contains("){0,7}"), "{g}");
+        assert!(g.contains("\"\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0"), "{g}");
+    }
+
+    #[test]
+    fn auto_wakes_on_the_marker_or_a_call_opening_the_reply() {
+        let OutputFormat::Triggered(lazy) = call_grammar(
             &syntax(CallFamily::Hermes),
             &[weather()],
             &CallMode::Auto,
             false,
             false,
-            &tokens,
-        )
-        .unwrap();
-        assert_eq!(auto.trigger, Some(10));
-        assert!(
-            auto.lark
-                .starts_with("start: \"\\n\" call \"\\n\" <[11]>\n"),
-            "{}",
-            auto.lark
-        );
+            &|_| None,
+        ) else {
+            panic!("auto is lazy");
+        };
+        let openers: Vec<(&str, bool)> = lazy.iter().map(|l| (l.opener.as_str(), l.at_start)).collect();
+        assert_eq!(openers, vec![("<tool_call>", false), ("{", true), ("```json", true)]);
+        assert!(!lazy[0].grammar.contains("{0,"), "one call without parallel_tool_calls");
     }
 
     #[test]
-    fn auto_without_a_one_token_opener_is_unconstrained() {
-        let none = |_: &str| None;
-        for family in [CallFamily::Hermes, CallFamily::Generic] {
-            assert_eq!(
-                call_grammar(
-                    &syntax(family),
-                    &[weather()],
-                    &CallMode::Auto,
-                    true,
-                    false,
-                    &none
-                ),
-                None
-            );
-        }
-    }
-
-    #[test]
-    fn named_choice_keeps_only_that_tool() {
+    fn named_choice_keeps_only_that_tool_once() {
         let other = CallTool {
             name: "get_time".into(),
             parameters: json!({"type": "object"}),
             strict: true,
         };
-        let g = call_grammar(
-            &syntax(CallFamily::Llama3),
+        let g = lark(call_grammar(
+            &syntax(CallFamily::Mistral),
             &[weather(), other],
             &CallMode::Named("get_time".into()),
             true,
             false,
             &|_| None,
-        )
-        .unwrap();
-        assert!(g.lark.contains("get_time") && !g.lark.contains("get_weather"));
-        assert!(g.lark.contains("\\\"parameters\\\": "));
-        assert!(g.lark.contains("\"lenient\":false"));
+        ));
+        assert!(g.contains("get_time") && !g.contains("get_weather"));
+        assert!(!g.contains("{0,"), "{g}");
+        assert!(g.contains("\"lenient\":false"));
     }
 }

@@ -5,7 +5,7 @@
 mod grammar;
 mod parser;
 
-pub use grammar::{call_grammar, CallGrammar, CallMode, CallTool};
+pub use grammar::{call_grammar, CallMode, CallTool, MAX_CALLS};
 pub use parser::{CallDelta, ReplyDelta, ReplyParser};
 
 /// How a model family writes tool calls.
@@ -43,9 +43,9 @@ impl CallFamily {
         }
     }
 
-    /// Whether a call may open the reply as bare JSON (no marker).
+    /// Whether a call may open the reply as bare (or fenced) JSON, without a marker.
     fn bare_json(self) -> bool {
-        matches!(self, CallFamily::Llama3 | CallFamily::Generic)
+        self != CallFamily::Mistral
     }
 }
 

@@ -66,7 +66,13 @@ pub struct ReplyParser {
     in_list: bool,
     /// A think block ended: the answer starts after its whitespace.
     after_think: bool,
+    /// The call being read opened with a ```json fence, or with the family's marker.
+    fenced: bool,
+    marked: bool,
 }
+
+/// How small models often open a call.
+const FENCE: &str = "```json";
 
 /// How `feed` ended.
 enum Step {
@@ -100,6 +106,8 @@ impl ReplyParser {
             calls: 0,
             in_list: false,
             after_think: false,
+            fenced: false,
+            marked: false,
         }
     }
 
@@ -218,6 +226,20 @@ impl ReplyParser {
             self.reasoning = false;
         }
         let bare_call = trimmed.starts_with('{');
+        if self.calls_enabled && self.family.bare_json() {
+            // Small models often fence a call: ```json {…} ```.
+            if let Some(rest) = trimmed.strip_prefix(FENCE) {
+                let used = self.buf.len() - rest.len();
+                self.raw = self.buf.drain(..used).collect();
+                self.fenced = true;
+                self.marked = false;
+                self.state = State::Header;
+                return Step::Again;
+            }
+            if !end && FENCE.starts_with(trimmed) {
+                return Step::Wait;
+            }
+        }
         if self.after_think {
             // Whitespace between a think block and the answer belongs to neither.
             let skipped = self.buf.len() - trimmed.len();
@@ -225,6 +247,7 @@ impl ReplyParser {
         }
         if self.calls_enabled && self.family.bare_json() && bare_call {
             self.raw.clear();
+            self.marked = false;
             self.state = State::Header;
             return Step::Again;
         }
@@ -240,6 +263,7 @@ impl ReplyParser {
                 out.content.push_str(self.buf[..at].trim_end());
                 self.buf.drain(..at + opener.len());
                 self.raw = opener.to_owned();
+                self.marked = true;
                 self.state = if self.family == CallFamily::Mistral {
                     State::ListOpen
                 } else {
@@ -288,8 +312,9 @@ impl ReplyParser {
     }
 
     fn tail(&mut self) -> Step {
-        let closing: &[&str] = match (self.family, self.in_list) {
-            (CallFamily::Hermes, _) => &["}", "</tool_call>"],
+        let closing: &[&str] = match (self.family, self.fenced) {
+            (_, true) => &["}", "```"],
+            (CallFamily::Hermes, _) if self.marked => &["}", "</tool_call>"],
             _ => &["}"],
         };
         let mut at = 0;
@@ -325,6 +350,7 @@ impl ReplyParser {
         } else {
             self.buf.drain(..at);
         }
+        self.fenced = false;
         self.state = State::Between;
         Step::Again
     }
@@ -341,6 +367,7 @@ impl ReplyParser {
             .map_or(self.buf.len(), |(i, c)| i + c.len_utf8());
         out.content.extend(self.buf.drain(..split));
         self.in_list = false;
+        self.fenced = false;
         self.state = State::Content;
         Step::Again
     }
@@ -689,6 +716,19 @@ mod tests {
         let cut = "<tool_call>\n{\"na";
         let (content, _, _) = every_split(CallFamily::Hermes, false, cut);
         assert_eq!(content, cut);
+    }
+
+    #[test]
+    fn fenced_and_bare_calls_open_a_reply() {
+        let fenced = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
+        let (content, _, calls) = every_split(CallFamily::Hermes, false, fenced);
+        assert_eq!((content.as_str(), calls.len()), ("", 1));
+        let code = "```python\nprint({\"name\": 1})\n```";
+        let (content, _, calls) = every_split(CallFamily::Hermes, false, code);
+        assert_eq!((content.as_str(), calls.len()), (code, 0));
+        let bare = "{\n  \"name\": \"get_time\",\n  \"arguments\": {}\n}";
+        let (content, _, calls) = every_split(CallFamily::Hermes, false, bare);
+        assert_eq!((content.as_str(), calls[0].1.as_str()), ("", "{}"));
     }
 
     #[test]
