@@ -8,6 +8,7 @@ mod engine;
 mod error;
 mod model;
 mod pyjson;
+mod pyvalue;
 mod request;
 pub mod sampling;
 mod scheduler;

@@ -74,16 +74,55 @@ fn write_value(value: &Value, options: &DumpOptions, depth: usize, out: &mut Str
 }
 
 fn write_number(n: &serde_json::Number, out: &mut String) {
-    if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-        // Python's float repr: shortest round-trip, always with a '.' or exponent.
-        if f.is_finite() && f == f.trunc() && f.abs() < 1e16 {
-            out.push_str(&format!("{f:.1}"));
-        } else {
-            out.push_str(&n.to_string());
-        }
-    } else {
-        out.push_str(&n.to_string());
+    match n.as_f64().filter(|_| n.is_f64()) {
+        Some(f) => out.push_str(&float_repr(f)),
+        None => out.push_str(&n.to_string()),
     }
+}
+
+/// Python's `repr(float)` (which `json.dumps` and `str()` use): the shortest digits that
+/// round-trip, in positional notation while the decimal point falls within 16 digits
+/// (`1e+16`, `1e-05` otherwise), always with a '.' or an exponent. Rust's `{}` never uses
+/// an exponent and ryu writes `1e20`, so neither matches as is.
+pub fn float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let point = exponent + 1; // digits before the decimal point
+    let mut out = String::new();
+    if f.is_sign_negative() {
+        out.push('-');
+    }
+    if !(-4 < point && point <= 16) {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let sign = if exponent < 0 { '-' } else { '+' };
+        out.push_str(&format!("e{sign}{:02}", exponent.abs()));
+    } else if point <= 0 {
+        out.push_str("0.");
+        out.push_str(&"0".repeat(point.unsigned_abs() as usize));
+        out.push_str(&digits);
+    } else if (point as usize) < digits.len() {
+        out.push_str(&digits[..point as usize]);
+        out.push('.');
+        out.push_str(&digits[point as usize..]);
+    } else {
+        out.push_str(&digits);
+        out.push_str(&"0".repeat(point as usize - digits.len()));
+        out.push_str(".0");
+    }
+    out
 }
 
 fn write_string(s: &str, ensure_ascii: bool, out: &mut String) {
@@ -132,6 +171,27 @@ mod tests {
             dumps(&v, &compact()),
             r#"{"b": [1, 2.5, "x"], "a": {"é": null, "t": true}}"#
         );
+    }
+
+    #[test]
+    fn floats_print_like_python_repr() {
+        for (f, python) in [
+            (1.5, "1.5"),
+            (2.0, "2.0"),
+            (-0.0, "-0.0"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1e20, "1e+20"),
+            (1.5e300, "1.5e+300"),
+            (12345678901234567.0, "1.2345678901234568e+16"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (-2.5e-7, "-2.5e-07"),
+            (123.456, "123.456"),
+        ] {
+            assert_eq!(float_repr(f), python, "{f:?}");
+        }
     }
 
     #[test]

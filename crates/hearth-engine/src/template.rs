@@ -1,9 +1,12 @@
 //! Chat templates rendered the way Hugging Face `transformers` renders them.
 //!
-//! HF compiles templates in a Jinja sandbox with `trim_blocks` and `lstrip_blocks`, a
+//! HF compiles templates in a Jinja sandbox with `trim_blocks`, `lstrip_blocks` and loop
+//! controls (`{% break %}`, `{% continue %}`: minijinja's `loop_controls` feature), a
 //! `tojson` filter that is Python's `json.dumps` (not Jinja's HTML-safe one),
-//! `raise_exception` and `strftime_now`, and passes the special tokens by name. Python
-//! string and dict methods (`strip`, `startswith`, `items`, ...) come from minijinja's pycompat.
+//! `raise_exception` and `strftime_now`, and passes the special tokens by name, `tools` and
+//! `documents` (None when absent). Python string and dict methods (`strip`, `startswith`,
+//! `items`, ...) come from minijinja's pycompat; how values print and Python's meaning of
+//! `iterable`, `sequence` and `number` from [`crate::pyvalue`].
 
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
@@ -11,6 +14,7 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::pyjson::{dumps, DumpOptions};
+use crate::pyvalue;
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -46,10 +50,15 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
+        pyvalue::install(&mut env);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+        // jinja2 reads a template with every line ending (\r\n, \r) made "\n", in text and
+        // in string literals alike; minijinja keeps them, so a template saved with CRLF
+        // endings would render "\r\n" into the prompt and defeat trim_blocks.
+        let source = source.replace("\r\n", "\n").replace('\r', "\n");
+        env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| EngineError::Template(describe(&e)))?;
         let supports_tools = env
             .get_template(TEMPLATE_NAME)
@@ -77,6 +86,7 @@ impl ChatTemplate {
         let ctx = minijinja::context! {
             messages => Value::from_serialize(&input.messages),
             tools => tools,
+            documents => Value::from(()),
             add_generation_prompt => input.add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -116,67 +126,74 @@ fn raise_exception(message: String) -> std::result::Result<Value, Error> {
     ))
 }
 
-fn strftime_now(format: String) -> String {
-    chrono_like_now(&format)
-}
-
-/// `strftime` for the handful of codes templates use (dates in system prompts).
-fn chrono_like_now(format: &str) -> String {
-    let secs = std::time::SystemTime::now()
+/// HF's `strftime_now` is `datetime.now().strftime(format)`: local time (the TZ of the
+/// process), and the C library's `strftime` (which CPython calls) for every code but the
+/// few Python handles itself. Month and day names are the C locale's, as in Python, which
+/// leaves LC_TIME alone.
+fn strftime_now(format: String) -> std::result::Result<String, Error> {
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let mut out = String::new();
-    let mut chars = format.chars();
+        .unwrap_or_default();
+    // What `datetime.strftime` does before calling C: for a naive datetime %z and %Z
+    // (and %:z) are empty, %f is the microseconds.
+    let mut c_format = String::new();
+    let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
-            out.push(c);
+            c_format.push(c);
             continue;
         }
         match chars.next() {
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('B') => out.push_str(MONTHS[(month - 1) as usize]),
-            Some('b') => out.push_str(&MONTHS[(month - 1) as usize][..3]),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
+            Some('z' | 'Z') => {}
+            Some(':') if chars.peek() == Some(&'z') => {
+                chars.next();
             }
-            None => out.push('%'),
+            Some('f') => c_format.push_str(&format!("{:06}", now.subsec_micros())),
+            Some(other) => {
+                c_format.push('%');
+                c_format.push(other);
+            }
+            None => c_format.push('%'),
         }
     }
-    out
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    if c_format.is_empty() {
+        return Ok(String::new());
+    }
+    let invalid = |detail: &str| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: {detail}"),
+        )
+    };
+    let c_format =
+        std::ffi::CString::new(c_format).map_err(|_| invalid("embedded null character"))?;
+    let secs = libc::time_t::try_from(now.as_secs()).map_err(|_| invalid("time out of range"))?;
+    // SAFETY: an all-zero `tm` is a valid value; localtime_r only writes into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe form.
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return Err(invalid("no local time"));
+    }
+    // Python's `timetuple()` of a naive datetime: daylight saving unknown.
+    tm.tm_isdst = -1;
+    // strftime returns 0 when the buffer is too small (or the result is empty): grow it,
+    // and give up (empty, as CPython does) at 256 bytes per format byte.
+    let limit = 256 * c_format.as_bytes().len().max(1);
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: buf has `size` writable bytes, the format is NUL-terminated, tm is valid.
+        let written =
+            unsafe { libc::strftime(buf.as_mut_ptr().cast(), size, c_format.as_ptr(), &tm) };
+        if written > 0 {
+            buf.truncate(written);
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        if size >= limit {
+            return Ok(String::new());
+        }
+        size *= 2;
+    }
 }
 
 /// HF's `tojson`: Python `json.dumps(x, ensure_ascii=False, indent=..., separators=..., sort_keys=...)`.
