@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 ./scripts/fetch-model.sh
+./scripts/fetch-tool-model.sh
 ./scripts/python-env.sh
 export HEARTH_PYTHON="$PWD/.venv/bin/python"
 

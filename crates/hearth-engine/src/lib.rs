@@ -25,7 +25,9 @@ pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo};
 pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
 pub use sampling::{SamplingParams, TokenLogprobs};
-pub use structured::{Constraint, GrammarCompiler, LazyGrammar, OutputFormat, GRAMMAR_CACHE_CAPACITY};
+pub use structured::{
+    Constraint, GrammarCompiler, LazyGrammar, OutputFormat, GRAMMAR_CACHE_CAPACITY,
+};
 pub use template::{ChatTemplate, TemplateInput};
 
 /// The chat template stored in a model, ready to render.

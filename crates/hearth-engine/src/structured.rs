@@ -83,7 +83,9 @@ impl OutputFormat {
                 format!("lark:{grammar}"),
             ),
             // Compiled one grammar at a time (see `GrammarCompiler::matcher`).
-            OutputFormat::Triggered(_) => (TopLevelGrammar::from_lark(String::new()), String::new()),
+            OutputFormat::Triggered(_) => {
+                (TopLevelGrammar::from_lark(String::new()), String::new())
+            }
             OutputFormat::Choice(choices) => {
                 let rx = choices
                     .iter()
@@ -150,7 +152,11 @@ impl GrammarCompiler {
                 Some((_, matcher)) => matcher.deep_clone(),
                 None => return Err(EngineError::InvalidRequest("no call grammar".into())),
             };
-            return Ok(Constraint::waiting(placeholder, triggers, self.numbers.clone()));
+            return Ok(Constraint::waiting(
+                placeholder,
+                triggers,
+                self.numbers.clone(),
+            ));
         }
         let (grammar, key) = format.grammar();
         // JSON number literals are bounded (see `NumberBound`); regex and choice are the
@@ -373,7 +379,9 @@ impl Waiting {
         // At-start openers are dead once the reply has text that cannot begin one.
         let written = &self.text[start..];
         self.triggers.retain(|(lazy, _)| {
-            !lazy.at_start || (written.len() < lazy.opener.len() && lazy.opener.as_bytes().starts_with(written))
+            !lazy.at_start
+                || (written.len() < lazy.opener.len()
+                    && lazy.opener.as_bytes().starts_with(written))
         });
         if self.triggers.iter().all(|(lazy, _)| !lazy.at_start) && self.text.len() > OPENER_WINDOW {
             self.text.drain(..self.text.len() - OPENER_WINDOW);

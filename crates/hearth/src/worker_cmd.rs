@@ -404,8 +404,7 @@ impl Worker {
                     let mut reason = finish_reason.as_str();
                     if let Some(parser) = parser.as_mut() {
                         let rest = parser.finish();
-                        if !rest.is_empty() && !send(&outbox, &delta_message(id, rest, &[], None))
-                        {
+                        if !rest.is_empty() && !send(&outbox, &delta_message(id, rest, &[], None)) {
                             return false;
                         }
                         // A reply that made calls and ended by itself ended to run them.

@@ -70,7 +70,11 @@ pub fn call_grammar(
         "ws: /[ \\t\\n]{1,16}/".to_owned(),
     ];
     for (i, tool) in chosen.iter().enumerate() {
-        let head = format!("\"name\": \"{}\", \"{}\": ", tool.name, family.arguments_key());
+        let head = format!(
+            "\"name\": \"{}\", \"{}\": ",
+            tool.name,
+            family.arguments_key()
+        );
         rules.push(format!(
             "body_{i}: ws? {} args_{i} ws? \"}}\"",
             literal(&head)
@@ -90,16 +94,16 @@ pub fn call_grammar(
             CallFamily::Hermes => lazy.push(LazyGrammar {
                 opener: "<tool_call>".into(),
                 at_start: false,
-                grammar: grammar(format!("ws? call ws? {close}{}", more(&hermes_block)), &rules),
+                grammar: grammar(
+                    format!("ws? call ws? {close}{}", more(&hermes_block)),
+                    &rules,
+                ),
             }),
             CallFamily::Mistral => lazy.push(LazyGrammar {
                 opener: "[TOOL_CALLS]".into(),
                 at_start: false,
                 grammar: grammar(
-                    format!(
-                        "ws? \"[\" ws? call{} ws? \"]\"",
-                        more("ws? \",\" ws? call")
-                    ),
+                    format!("ws? \"[\" ws? call{} ws? \"]\"", more("ws? \",\" ws? call")),
                     &rules,
                 ),
             }),
@@ -224,7 +228,10 @@ mod tests {
             "{g}"
         );
         assert!(g.contains("){0,7}"), "{g}");
-        assert!(g.contains("\"\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0"), "{g}");
+        assert!(
+            g.contains("\"\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0"),
+            "{g}"
+        );
     }
 
     #[test]
@@ -239,9 +246,18 @@ mod tests {
         ) else {
             panic!("auto is lazy");
         };
-        let openers: Vec<(&str, bool)> = lazy.iter().map(|l| (l.opener.as_str(), l.at_start)).collect();
-        assert_eq!(openers, vec![("<tool_call>", false), ("{", true), ("```json", true)]);
-        assert!(!lazy[0].grammar.contains("{0,"), "one call without parallel_tool_calls");
+        let openers: Vec<(&str, bool)> = lazy
+            .iter()
+            .map(|l| (l.opener.as_str(), l.at_start))
+            .collect();
+        assert_eq!(
+            openers,
+            vec![("<tool_call>", false), ("{", true), ("```json", true)]
+        );
+        assert!(
+            !lazy[0].grammar.contains("{0,"),
+            "one call without parallel_tool_calls"
+        );
     }
 
     #[test]

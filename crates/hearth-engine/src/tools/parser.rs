@@ -720,7 +720,8 @@ mod tests {
 
     #[test]
     fn fenced_and_bare_calls_open_a_reply() {
-        let fenced = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
+        let fenced =
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
         let (content, _, calls) = every_split(CallFamily::Hermes, false, fenced);
         assert_eq!((content.as_str(), calls.len()), ("", 1));
         let code = "```python\nprint({\"name\": 1})\n```";

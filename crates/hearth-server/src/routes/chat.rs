@@ -131,9 +131,7 @@ impl Meta {
         }
         ChatChoice {
             index: index as u32,
-            logprobs: self
-                .logprobs
-                .then(|| ChatLogprobs::from_tokens(&r.tokens)),
+            logprobs: self.logprobs.then(|| ChatLogprobs::from_tokens(&r.tokens)),
             message,
             finish_reason: Some(self.finish_reason(&r.finish_reason)),
         }
