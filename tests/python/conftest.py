@@ -10,13 +10,15 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "hearth"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOOL_MODEL = ROOT / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
 class Server:
-    def __init__(self, *extra):
+    def __init__(self, *extra, models=(f"smol={MODEL}",), ctx_size=1024, parallel=8):
+        model_args = [arg for model in models for arg in ("--model", model)]
         self.process = subprocess.Popen(
-            [str(BINARY), "serve", "--port", "0", "--threads", "2", "--ctx-size", "1024",
-             "--parallel", "8", "--model", f"smol={MODEL}", *extra],
+            [str(BINARY), "serve", "--port", "0", "--threads", "2", "--ctx-size", str(ctx_size),
+             "--parallel", str(parallel), *model_args, *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "HEARTH_LOG": "warn"},
         )
@@ -45,5 +47,13 @@ class Server:
 @pytest.fixture(scope="session")
 def server():
     s = Server("--preload")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def tool_server():
+    """Qwen2.5-Coder-0.5B (tool template) and SmolLM2 (no tool template) side by side."""
+    s = Server(models=(f"qwen={TOOL_MODEL}", f"smol={MODEL}"), ctx_size=2048, parallel=4)
     yield s
     s.stop()
