@@ -45,7 +45,7 @@ fn exercise_chat(body: &[u8]) -> Result<(), TestCaseError> {
     if let Err(e) = request.sampling.choices() {
         check_error(&e)?;
     }
-    if let Err(e) = request.tools_for_template() {
+    if let Err(e) = request.tool_use() {
         check_error(&e)?;
     }
     match request.template_messages() {

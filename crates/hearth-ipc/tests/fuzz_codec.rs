@@ -156,7 +156,11 @@ fn prompt() -> impl Strategy<Value = PromptSpec> {
             prop::collection::vec(json_value(), 0..4),
             prop::option::of(prop::collection::vec(json_value(), 0..3)),
         )
-            .prop_map(|(messages, tools)| PromptSpec::Chat { messages, tools }),
+            .prop_map(|(messages, tools)| PromptSpec::Chat {
+                messages,
+                tools,
+                tool_use: None,
+            }),
         text().prop_map(PromptSpec::Text),
         prop::collection::vec(any::<u32>(), 0..64).prop_map(PromptSpec::Tokens),
     ]
@@ -287,15 +291,25 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
         (
             any::<u64>(),
             text(),
+            text(),
             prop::collection::vec(token(logprob), 0..4),
             any::<usize>()
         )
-            .prop_map(|(id, text, tokens, token_count)| FromWorker::Delta {
-                id,
-                text,
-                tokens,
-                token_count,
-            }),
+            .prop_map(
+                |(id, text, reasoning, tokens, token_count)| FromWorker::Delta {
+                    id,
+                    text,
+                    reasoning,
+                    tool_calls: vec![hearth_api::tools::ToolCallDelta {
+                        index: 0,
+                        id: Some("call_1".into()),
+                        name: Some("f".into()),
+                        arguments: text_arguments(&id.to_string()),
+                    }],
+                    tokens,
+                    token_count,
+                }
+            ),
         (any::<u64>(), text(), any::<usize>(), any::<usize>()).prop_map(
             |(id, finish_reason, prompt_tokens, completion_tokens)| FromWorker::Done {
                 id,
@@ -490,4 +504,9 @@ fn async_reader_agrees_on_arbitrary_bytes() {
             },
         )
         .unwrap();
+}
+
+/// Arguments text for a call piece (any text: the codec must carry it unchanged).
+fn text_arguments(text: &str) -> String {
+    text.chars().rev().collect()
 }

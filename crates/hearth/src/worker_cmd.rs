@@ -331,7 +331,7 @@ impl Worker {
         }
         // DeepSeek-R1 templates open the think block in the prompt itself.
         let opens_in_reasoning = syntax.reasoning && rendered.trim_end().ends_with("<think>");
-        let grammar = calls.and_then(|tool_use| {
+        let grammar = calls.map(|tool_use| {
             let tools: Vec<CallTool> = tool_use
                 .tools
                 .iter()
@@ -351,14 +351,14 @@ impl Worker {
                 [id] => Some(id),
                 _ => None,
             };
-            Some(call_grammar(
+            call_grammar(
                 syntax,
                 &tools,
                 &mode,
                 tool_use.parallel,
                 opens_in_reasoning,
                 &single_token,
-            ))
+            )
         });
         Some(ReplySetup {
             syntax: *syntax,

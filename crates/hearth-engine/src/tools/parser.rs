@@ -292,7 +292,7 @@ impl ReplyParser {
             Parse::NeedMore => Step::Wait,
             Parse::Fail => self.fall_back(out),
             Parse::Done(name, used) => {
-                if !self.tools.iter().any(|t| *t == name) {
+                if !self.tools.contains(&name) {
                     return self.fall_back(out);
                 }
                 self.buf.drain(..used);
