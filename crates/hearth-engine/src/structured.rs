@@ -632,6 +632,109 @@ impl NumberBound {
 mod tests {
     use super::*;
 
+    /// A toy vocabulary: every printable ASCII byte, a few multi-byte pieces, and token 0 as
+    /// end of turn.
+    fn toy_vocab() -> Vec<Vec<u8>> {
+        let mut words: Vec<Vec<u8>> = vec![vec![0xFF, b'E']];
+        words.extend((b' '..=b'~').map(|b| vec![b]));
+        words.push(b"\n".to_vec());
+        for piece in [
+            "<tool_call>",
+            "```",
+            "json",
+            "{\"",
+            "\":",
+            "ok\"}",
+            "Hi there",
+        ] {
+            words.push(piece.as_bytes().to_vec());
+        }
+        words
+    }
+
+    fn piece_id(words: &[Vec<u8>], piece: &str) -> u32 {
+        words.iter().position(|w| w == piece.as_bytes()).unwrap() as u32
+    }
+
+    fn lazy_constraint(words: &[Vec<u8>], triggers: &[(&str, bool)]) -> Constraint {
+        let info = TokRxInfo::new(words.len() as u32, 0);
+        let trie = TokTrie::from(&info, words).with_eos_tokens(&[0]);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut factory = ParserFactory::new_simple(&env).unwrap();
+        factory.set_stderr_log_level(0);
+        let numbers = Arc::new(NumberBound::new(words.iter().map(Vec::as_slice)));
+        let grammar = r#"start: "\"a\": \"ok\"}""#;
+        let compiled: Vec<(LazyGrammar, Matcher)> = triggers
+            .iter()
+            .map(|&(opener, at_start)| {
+                let parser = factory
+                    .create_parser(TopLevelGrammar::from_lark(grammar.to_owned()))
+                    .unwrap();
+                let lazy = LazyGrammar {
+                    opener: opener.to_owned(),
+                    at_start,
+                    grammar: grammar.to_owned(),
+                };
+                (lazy, Matcher::new(Ok(parser)))
+            })
+            .collect();
+        let placeholder = compiled[0].1.deep_clone();
+        Constraint::waiting(placeholder, compiled, numbers)
+    }
+
+    fn feed(constraint: &mut Constraint, words: &[Vec<u8>], pieces: &[&str]) {
+        for piece in pieces {
+            constraint.accept(piece_id(words, piece)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_lazy_grammar_wakes_on_its_opener_anywhere_even_split_across_tokens() {
+        let words = toy_vocab();
+        let mut c = lazy_constraint(&words, &[("<tool_call>", false)]);
+        feed(&mut c, &words, &["Hi there", " ", "<", "t", "o"]);
+        assert!(c.is_dormant());
+        feed(&mut c, &words, &["o", "l", "_", "c", "a", "l", "l", ">"]);
+        assert!(
+            !c.is_dormant(),
+            "the opener spelled out of pieces wakes it too"
+        );
+        // From here only the grammar's text may follow.
+        c.compute_mask().unwrap();
+        assert!(c.allows(piece_id(&words, "\"")) && !c.allows(piece_id(&words, "x")));
+        let mut c = lazy_constraint(&words, &[("<tool_call>", false)]);
+        feed(&mut c, &words, &["<tool_call>"]);
+        assert!(!c.is_dormant());
+    }
+
+    #[test]
+    fn bytes_written_past_an_opener_are_consumed_by_its_grammar() {
+        let words = toy_vocab();
+        // `{"` opens the reply: the grammar already has its `"`.
+        let mut c = lazy_constraint(&words, &[("{", true)]);
+        feed(&mut c, &words, &[" ", "{\""]);
+        assert!(!c.is_dormant());
+        c.compute_mask().unwrap();
+        assert!(c.allows(piece_id(&words, "a")) && !c.allows(piece_id(&words, "\"")));
+        feed(&mut c, &words, &["a", "\":", " ", "\"", "ok\"}"]);
+        c.compute_mask().unwrap();
+        assert!(c.allows(0), "after the call only end of turn");
+    }
+
+    #[test]
+    fn openers_at_the_start_die_once_the_reply_is_text_and_fences_wait_for_json() {
+        let words = toy_vocab();
+        let mut c = lazy_constraint(&words, &[("{", true), ("```json", true)]);
+        feed(&mut c, &words, &["Hi there", "{\""]);
+        assert!(c.is_dormant(), "a brace later in the text is not a call");
+        let mut c = lazy_constraint(&words, &[("{", true), ("```json", true)]);
+        feed(&mut c, &words, &["```", "p"]);
+        assert!(c.is_dormant(), "```python is code, not a call");
+        let mut c = lazy_constraint(&words, &[("{", true), ("```json", true)]);
+        feed(&mut c, &words, &["```", "json"]);
+        assert!(!c.is_dormant());
+    }
+
     fn lex(text: &str) -> JsonLex {
         JsonLex::default().advance(text.as_bytes())
     }
