@@ -94,7 +94,8 @@ pub fn parse_tools(fields: ToolFields<'_>) -> Result<Option<(Vec<Value>, ToolUse
             (tools, true)
         }
         (None, None) => {
-            if tool_choice.is_some() {
+            // "none" without tools asks for nothing; any other choice needs tools to choose.
+            if tool_choice.is_some_and(|c| c != "none") {
                 return Err(ApiError::invalid_value(
                     "tool_choice",
                     "tool_choice is only allowed when tools are given",
@@ -482,6 +483,7 @@ mod tests {
             "tool_choice"
         );
         assert_eq!(param_of(json!({"tool_choice": "auto"})), "tool_choice");
+        assert!(tools(json!({"tool_choice": "none"})).unwrap().is_none());
         let many: Vec<Value> = (0..=MAX_TOOLS)
             .map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
             .collect();
