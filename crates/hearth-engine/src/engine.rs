@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::backend::backend;
 use crate::error::{EngineError, Result};
+use crate::exec::LlamaBackend;
 use crate::model::Model;
 use crate::request::{Event, GenerationRequest, RequestId};
 use crate::scheduler::{Command, Scheduler, Submission};
@@ -38,6 +39,9 @@ pub struct EngineConfig {
     pub kv_unified: bool,
     /// A lock file shared with other workers: decode only while holding it (see `cpu_gate`).
     pub cpu_gate: Option<std::path::PathBuf>,
+    /// Keep finished sequences' KV in their slots and start new requests from the longest
+    /// cached prefix of their prompt.
+    pub prompt_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             threads: default_threads(),
             kv_unified: false,
             cpu_gate: None,
+            prompt_cache: true,
         }
     }
 }
@@ -308,5 +313,6 @@ fn run_engine_thread(
         }
     };
     let _ = ready.send(Ok(()));
-    Scheduler::new(&model, context, &config, stats).run(inbox);
+    let backend = LlamaBackend::new(context, config.batch_size as usize);
+    Scheduler::new(&*model, backend, &config, stats).run(inbox);
 }

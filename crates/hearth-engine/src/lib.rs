@@ -6,6 +6,7 @@ mod cpu_gate;
 pub mod detok;
 mod engine;
 mod error;
+pub mod exec;
 mod model;
 mod pyjson;
 mod pyvalue;

@@ -48,6 +48,9 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens found in the prompt cache (not prefilled again).
+    #[serde(default)]
+    pub cached_tokens: usize,
 }
 
 /// A token the model produced.

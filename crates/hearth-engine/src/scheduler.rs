@@ -1,21 +1,19 @@
-//! Continuous batching over one llama.cpp context.
+//! Continuous batching over one backend (llama.cpp, or a scripted mock in tests).
 //!
 //! Each step decodes one token for every running sequence plus a chunk of pending prompt
 //! tokens (chunked prefill), so streams keep flowing while a long prompt is read. Sequences
-//! join and leave between steps; a finished or cancelled sequence frees its KV cells at once.
+//! join and leave between steps. A finished sequence's KV stays in its slot as a prompt
+//! cache: a new request starts from the longest prefix of its prompt found in any slot
+//! (copied into the slot it gets) and prefills only the rest.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::token::LlamaToken;
-
 use crate::cpu_gate::CpuGate;
 use crate::detok::Utf8Decoder;
 use crate::engine::{EngineConfig, EngineStats, EventSink};
-use crate::model::Model;
+use crate::exec::{Backend, BatchEntry, Vocabulary};
 use crate::request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
@@ -41,6 +39,11 @@ struct Sequence {
     prompt: Vec<u32>,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
+    /// Prompt tokens that were in the cache before this sequence started (not prefilled).
+    cached: usize,
+    /// Generated tokens written to the KV cache, in order (what the slot holds after the
+    /// prompt).
+    history: Vec<u32>,
     /// Sampled token not yet decoded (its KV entry is written next step).
     pending_token: Option<u32>,
     /// Position of the next token written to the KV cache.
@@ -53,14 +56,23 @@ struct Sequence {
     constraint: Option<Constraint>,
     sink: EventSink,
     /// Index of this sequence's logits in the current batch.
-    logits_at: Option<i32>,
+    logits_at: Option<usize>,
 }
 
-pub(crate) struct Scheduler<'m> {
-    model: &'m Model,
-    context: LlamaContext<'m>,
-    batch: LlamaBatch<'static>,
+/// What a free slot's KV holds, for the prompt cache.
+#[derive(Debug, Clone, Default)]
+struct SlotCache {
+    tokens: Vec<u32>,
+}
+
+pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
+    vocab: &'v V,
+    backend: B,
+    batch: Vec<BatchEntry>,
     batch_size: usize,
+    /// Reuse cached prefixes (`EngineConfig::prompt_cache`).
+    prompt_cache: bool,
+    slots: Vec<SlotCache>,
     context_per_slot: usize,
     free_slots: Vec<usize>,
     waiting: VecDeque<Submission>,
@@ -78,18 +90,15 @@ enum Outcome {
     Failed,
 }
 
-impl<'m> Scheduler<'m> {
-    pub fn new(
-        model: &'m Model,
-        context: LlamaContext<'m>,
-        config: &EngineConfig,
-        stats: Arc<EngineStats>,
-    ) -> Self {
+impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
+    pub fn new(vocab: &'v V, backend: B, config: &EngineConfig, stats: Arc<EngineStats>) -> Self {
         Scheduler {
-            model,
-            context,
-            batch: LlamaBatch::new(config.batch_size as usize, 1),
+            vocab,
+            backend,
+            batch: Vec::with_capacity(config.batch_size as usize),
             batch_size: config.batch_size as usize,
+            prompt_cache: config.prompt_cache,
+            slots: vec![SlotCache::default(); config.parallel],
             context_per_slot: config.context_per_slot as usize,
             free_slots: (0..config.parallel).rev().collect(),
             waiting: VecDeque::new(),
@@ -152,6 +161,7 @@ impl<'m> Scheduler<'m> {
                 let usage = Usage {
                     prompt_tokens: submission.request.prompt.len(),
                     completion_tokens: 0,
+                    cached_tokens: 0,
                 };
                 (submission.sink)(Event::Done {
                     finish_reason: FinishReason::Cancelled,
@@ -167,7 +177,7 @@ impl<'m> Scheduler<'m> {
                 finish_reason: FinishReason::Cancelled,
                 usage,
             });
-            self.release(seq);
+            self.release(seq, true);
         }
     }
 
@@ -185,20 +195,19 @@ impl<'m> Scheduler<'m> {
                 constraint,
                 sink,
             } = submission;
+            let cached = self.reuse_cache(slot, &request.prompt);
             let room = self.context_per_slot - request.prompt.len();
             let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
-            let sampler = Sampler::new(
-                request.sampling,
-                &request.prompt,
-                self.model.info().vocab_size as usize,
-            );
+            let sampler = Sampler::new(request.sampling, &request.prompt, self.vocab.vocab_size());
             self.running.push(Sequence {
                 id,
                 slot,
                 prompt: request.prompt,
-                prefilled: 0,
+                prefilled: cached,
+                cached,
+                history: Vec::new(),
                 pending_token: None,
-                position: 0,
+                position: cached,
                 generated: 0,
                 max_tokens,
                 sampler,
@@ -209,6 +218,40 @@ impl<'m> Scheduler<'m> {
                 logits_at: None,
             });
         }
+    }
+
+    /// Start `slot` from the longest prefix of `prompt` held by any slot — a free slot's
+    /// cache, `slot`'s own, or what a running sequence has decoded so far — copying it in
+    /// when it lives elsewhere (the new sequence keeps the lowest free slot: see `step`).
+    /// At least the last prompt token is decoded again, for fresh logits. Returns the
+    /// number of prompt tokens reused.
+    fn reuse_cache(&mut self, slot: usize, prompt: &[u32]) -> usize {
+        let limit = prompt.len().saturating_sub(1);
+        let mut best = (0, slot);
+        if self.prompt_cache {
+            best.0 = common_prefix(&self.slots[slot].tokens, prompt).min(limit);
+            for &free in &self.free_slots {
+                let n = common_prefix(&self.slots[free].tokens, prompt).min(limit);
+                if n > best.0 {
+                    best = (n, free);
+                }
+            }
+            for seq in &self.running {
+                let n = decoded_prefix(seq, prompt).min(limit);
+                if n > best.0 {
+                    best = (n, seq.slot);
+                }
+            }
+        }
+        let (reused, source) = best;
+        if reused > 0 && source != slot {
+            self.backend.copy(source, slot);
+        }
+        self.backend.remove(slot, reused);
+        let tokens = &mut self.slots[slot].tokens;
+        tokens.clear();
+        tokens.extend_from_slice(&prompt[..reused]);
+        reused
     }
 
     /// One decode: a token for every running sequence, then prompt chunks up to the batch size.
@@ -224,8 +267,14 @@ impl<'m> Scheduler<'m> {
         for seq in &mut self.running {
             seq.logits_at = None;
             if let Some(token) = seq.pending_token.take() {
-                let at = self.batch.n_tokens();
-                add(&mut self.batch, token, seq.position, seq.slot, true);
+                let at = self.batch.len();
+                self.batch.push(BatchEntry {
+                    token,
+                    position: seq.position,
+                    slot: seq.slot,
+                    logits: true,
+                });
+                seq.history.push(token);
                 seq.position += 1;
                 seq.logits_at = Some(at);
                 budget -= 1;
@@ -244,19 +293,24 @@ impl<'m> Scheduler<'m> {
                 let index = seq.prefilled + i;
                 let last = index + 1 == seq.prompt.len();
                 if last {
-                    seq.logits_at = Some(self.batch.n_tokens());
+                    seq.logits_at = Some(self.batch.len());
                 }
-                add(&mut self.batch, seq.prompt[index], index, seq.slot, last);
+                self.batch.push(BatchEntry {
+                    token: seq.prompt[index],
+                    position: index,
+                    slot: seq.slot,
+                    logits: last,
+                });
             }
             seq.prefilled += chunk;
             seq.position = seq.prefilled;
             budget -= chunk;
         }
-        if self.batch.n_tokens() == 0 {
+        if self.batch.is_empty() {
             return;
         }
         let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
-        let decoded = self.context.decode(&mut self.batch);
+        let decoded = self.backend.decode(&self.batch);
         drop(turn);
         if let Err(e) = decoded {
             self.fail_batch(&format!("llama.cpp decode failed: {e}"));
@@ -274,8 +328,8 @@ impl<'m> Scheduler<'m> {
                 index += 1;
                 continue;
             };
-            let logits = self.context.get_logits_ith(at);
-            let model = self.model;
+            let logits = self.backend.logits(at);
+            let vocab = self.vocab;
             // A panic while sampling one sequence (a bug in a mask, a sampler, a detokenizer)
             // ends that sequence with an error; the others, and the worker, go on.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -291,7 +345,7 @@ impl<'m> Scheduler<'m> {
                         constraint.accept(token).map(|()| (token, logprobs))
                     }),
                 };
-                sampled.map(|(token, logprobs)| advance(model, seq, token, logprobs))
+                sampled.map(|(token, logprobs)| advance(vocab, seq, token, logprobs))
             }));
             let outcome = match step {
                 Ok(Ok(outcome)) => outcome,
@@ -310,11 +364,11 @@ impl<'m> Scheduler<'m> {
                         finish_reason: reason,
                         usage,
                     });
-                    self.release(seq);
+                    self.release(seq, true);
                 }
                 Outcome::Abandoned | Outcome::Failed => {
                     let seq = self.running.swap_remove(index);
-                    self.release(seq);
+                    self.release(seq, true);
                 }
             }
         }
@@ -326,15 +380,25 @@ impl<'m> Scheduler<'m> {
         let running = std::mem::take(&mut self.running);
         for mut seq in running {
             (seq.sink)(Event::Error(message.to_owned()));
-            self.release(seq);
+            self.release(seq, false);
         }
     }
 
-    /// Free a sequence's KV cells and slot.
-    fn release(&mut self, seq: Sequence) {
-        let slot = seq.slot as u32;
-        if let Err(e) = self.context.clear_kv_cache_seq(Some(slot), None, None) {
-            tracing::warn!(%e, slot, "clearing a sequence's KV cells failed");
+    /// Free a sequence's slot. Its KV stays as the slot's prompt cache (what was decoded:
+    /// the prompt so far, then the generated tokens) unless `keep` is false (a failed
+    /// decode leaves the cells unknown) or the cache is off.
+    fn release(&mut self, seq: Sequence, keep: bool) {
+        let cache = &mut self.slots[seq.slot].tokens;
+        cache.clear();
+        if keep && self.prompt_cache {
+            cache.extend_from_slice(&seq.prompt[..seq.prefilled]);
+            if seq.prefilled == seq.prompt.len() {
+                cache.extend_from_slice(&seq.history);
+            }
+            // What the cache says the slot holds is exactly what was decoded into it.
+            debug_assert_eq!(cache.len(), seq.position);
+        } else {
+            self.backend.remove(seq.slot, 0);
         }
         self.free_slots.push(seq.slot);
         // Highest first, so `pop` hands out the lowest free slot: running slots stay packed
@@ -362,28 +426,32 @@ impl<'m> Scheduler<'m> {
     }
 }
 
-fn add(batch: &mut LlamaBatch, token: u32, position: usize, slot: usize, logits: bool) {
-    batch
-        .add(
-            LlamaToken(token as i32),
-            position as i32,
-            &[slot as i32],
-            logits,
-        )
-        .expect("the scheduler never adds more tokens than the batch holds");
+/// How many leading tokens two sequences share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// How much of `prompt` a running sequence has already decoded into its slot.
+fn decoded_prefix(seq: &Sequence, prompt: &[u32]) -> usize {
+    let n = common_prefix(&seq.prompt[..seq.prefilled], prompt);
+    if n < seq.prefilled || seq.prefilled < seq.prompt.len() {
+        return n;
+    }
+    n + common_prefix(&seq.history, &prompt[n..])
 }
 
 fn usage_of(seq: &Sequence) -> Usage {
     Usage {
         prompt_tokens: seq.prompt.len(),
         completion_tokens: seq.generated,
+        cached_tokens: seq.cached,
     }
 }
 
 /// Take a sampled token: stop on end-of-turn, emit its text (held back while a stop string
 /// may still match), and end the sequence at a stop string or its token limit.
 fn advance(
-    model: &Model,
+    model: &impl Vocabulary,
     seq: &mut Sequence,
     token: u32,
     logprobs: Option<crate::sampling::TokenLogprobs>,

@@ -100,6 +100,9 @@ pub enum FromWorker {
         finish_reason: String,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens taken from the prompt cache.
+        #[serde(default)]
+        cached_tokens: usize,
     },
     /// The request failed; `status` is the HTTP status the client should see.
     Failed {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use hearth_api::chat::Usage;
 use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::PromptSpec;
 use tokio::time::Instant;
@@ -178,6 +179,13 @@ impl Started {
     /// Prompt tokens as billed: each distinct prompt once.
     pub fn usage_prompt_tokens(&self) -> usize {
         self.prompt_tokens.iter().step_by(self.per_prompt).sum()
+    }
+
+    /// The usage of the whole request: each distinct prompt once (its first choice's cache
+    /// hit counts as the prompt's), every choice's completion.
+    pub fn usage(&self, completion_tokens: usize, cached_per_choice: &[usize]) -> Usage {
+        let cached = cached_per_choice.iter().step_by(self.per_prompt).sum();
+        Usage::new(self.usage_prompt_tokens(), completion_tokens).with_cached(cached)
     }
 
     /// The next event of any choice; `Ok(None)` when all have finished. A worker lost

@@ -73,6 +73,7 @@ impl RequestObserver {
             WorkerEvent::Done {
                 finish_reason,
                 completion_tokens,
+                ..
             } => {
                 self.metrics
                     .request_success

@@ -417,6 +417,7 @@ impl Worker {
                         finish_reason: reason.to_owned(),
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
+                        cached_tokens: usage.cached_tokens,
                     }
                 }
                 Event::Error(message) => {

@@ -68,6 +68,7 @@ pub struct ChoiceResult {
     pub tokens: Vec<TokenOutput>,
     pub finish_reason: String,
     pub completion_tokens: usize,
+    pub cached_tokens: usize,
 }
 
 impl ChoiceResult {
@@ -123,19 +124,19 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
             WorkerEvent::Done {
                 finish_reason,
                 completion_tokens,
-                ..
+                cached_tokens,
             } => {
                 result.finish_reason = finish_reason;
                 result.completion_tokens = completion_tokens;
+                result.cached_tokens = cached_tokens;
             }
             WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => return Err(error),
         }
     }
     let completion = results.iter().map(|r| r.completion_tokens).sum();
-    Ok((
-        results,
-        Usage::new(started.usage_prompt_tokens(), completion),
-    ))
+    let cached: Vec<usize> = results.iter().map(|r| r.cached_tokens).collect();
+    let usage = started.usage(completion, &cached);
+    Ok((results, usage))
 }
 
 /// The shape of one endpoint's stream chunks.
@@ -156,6 +157,8 @@ struct Driver<F> {
     opened: bool,
     finished: bool,
     completion_tokens: usize,
+    /// Each choice's prompt-cache hit, by choice index.
+    cached: Vec<usize>,
 }
 
 pub fn sse<F: ChunkFormat>(started: Started, format: F, include_usage: bool) -> Response {
@@ -167,6 +170,7 @@ pub fn sse<F: ChunkFormat>(started: Started, format: F, include_usage: bool) -> 
         opened: false,
         finished: false,
         completion_tokens: 0,
+        cached: Vec::new(),
     };
     let stream = futures_util::stream::unfold(driver, |mut driver| async move {
         driver
@@ -212,8 +216,7 @@ impl<F: ChunkFormat> Driver<F> {
                 Ok(Some((index, event))) => self.on_event(index, event),
                 Ok(None) => {
                     if self.include_usage {
-                        let usage =
-                            Usage::new(self.started.usage_prompt_tokens(), self.completion_tokens);
+                        let usage = self.started.usage(self.completion_tokens, &self.cached);
                         let chunk = self.format.usage(usage);
                         self.push(chunk);
                     }
@@ -248,9 +251,13 @@ impl<F: ChunkFormat> Driver<F> {
             WorkerEvent::Done {
                 finish_reason,
                 completion_tokens,
-                ..
+                cached_tokens,
             } => {
                 self.completion_tokens += completion_tokens;
+                if self.cached.len() <= index {
+                    self.cached.resize(index + 1, 0);
+                }
+                self.cached[index] = cached_tokens;
                 let chunk = self.format.finish(index, &finish_reason);
                 self.push(chunk);
             }

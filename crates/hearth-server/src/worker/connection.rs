@@ -117,12 +117,14 @@ fn route(shared: &Shared, message: FromWorker) {
             id,
             finish_reason,
             completion_tokens,
+            cached_tokens,
             ..
         } => (
             id,
             WorkerEvent::Done {
                 finish_reason,
                 completion_tokens,
+                cached_tokens,
             },
         ),
         FromWorker::Failed {

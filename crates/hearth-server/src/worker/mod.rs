@@ -38,6 +38,8 @@ pub enum WorkerEvent {
     Done {
         finish_reason: String,
         completion_tokens: usize,
+        /// Prompt tokens the worker found in its prompt cache.
+        cached_tokens: usize,
     },
     Failed(ApiError),
     /// The worker process went away (crashed, was killed) while this sequence ran. Unlike

@@ -1,0 +1,236 @@
+//! The seam between the scheduler's policy and the engine that runs the model: the
+//! scheduler decides what to decode and which cached KV to keep, reuse or copy; a `Backend`
+//! executes (llama.cpp here; a scripted mock in the policy tests), and a `Vocabulary` says
+//! what each token is.
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::model::Model;
+
+/// One token of a decode batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEntry {
+    pub token: u32,
+    /// Its position in its slot's sequence.
+    pub position: usize,
+    /// The slot (llama.cpp sequence id) it belongs to.
+    pub slot: usize,
+    /// Whether its logits are read after the decode.
+    pub logits: bool,
+}
+
+/// Decodes batches and keeps each slot's KV cells.
+pub trait Backend {
+    /// Decode a batch: each entry's KV is written to its slot at its position.
+    fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), String>;
+    /// The logits of the `index`-th entry of the last batch (one with `logits` set).
+    fn logits(&self, index: usize) -> &[f32];
+    /// Drop a slot's KV from position `from` on (`0`: all of it).
+    fn remove(&mut self, slot: usize, from: usize);
+    /// Make `dst` hold a copy of all of `src`'s KV (whole sequences only: llama.cpp asserts
+    /// on partial copies across KV streams).
+    fn copy(&mut self, src: usize, dst: usize);
+}
+
+/// What the scheduler needs to know about tokens.
+pub trait Vocabulary {
+    fn token_bytes(&self, token: u32) -> &[u8];
+    fn is_eog(&self, token: u32) -> bool;
+    fn vocab_size(&self) -> usize;
+}
+
+impl Vocabulary for Model {
+    fn token_bytes(&self, token: u32) -> &[u8] {
+        Model::token_bytes(self, token)
+    }
+
+    fn is_eog(&self, token: u32) -> bool {
+        Model::is_eog(self, token)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.info().vocab_size as usize
+    }
+}
+
+/// llama.cpp behind the seam: one context, one reusable batch.
+pub struct LlamaBackend<'m> {
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    /// Batch index → llama.cpp's logits index (they are the same: entries go in in order).
+    capacity: usize,
+}
+
+impl<'m> LlamaBackend<'m> {
+    pub fn new(context: LlamaContext<'m>, batch_size: usize) -> LlamaBackend<'m> {
+        LlamaBackend {
+            context,
+            batch: LlamaBatch::new(batch_size, 1),
+            capacity: batch_size,
+        }
+    }
+}
+
+impl Backend for LlamaBackend<'_> {
+    fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), String> {
+        if batch.len() > self.capacity {
+            return Err(format!(
+                "a batch of {} tokens exceeds the batch size {}",
+                batch.len(),
+                self.capacity
+            ));
+        }
+        self.batch.clear();
+        for entry in batch {
+            self.batch
+                .add(
+                    LlamaToken(entry.token as i32),
+                    entry.position as i32,
+                    &[entry.slot as i32],
+                    entry.logits,
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        self.context
+            .decode(&mut self.batch)
+            .map_err(|e| e.to_string())
+    }
+
+    fn logits(&self, index: usize) -> &[f32] {
+        self.context.get_logits_ith(index as i32)
+    }
+
+    fn remove(&mut self, slot: usize, from: usize) {
+        let from = (from > 0).then_some(from as u32);
+        if let Err(e) = self
+            .context
+            .clear_kv_cache_seq(Some(slot as u32), from, None)
+        {
+            tracing::warn!(%e, slot, "removing KV cells failed");
+        }
+    }
+
+    fn copy(&mut self, src: usize, dst: usize) {
+        if let Err(e) = self
+            .context
+            .copy_kv_cache_seq(src as i32, dst as i32, None, None)
+        {
+            tracing::warn!(%e, src, dst, "copying a sequence's KV failed");
+        }
+    }
+}
+
+/// A scripted backend for policy tests: each slot's KV is the list of tokens written at
+/// each position, and the logits after a token name a next token computed from every token
+/// before it in that slot — so reusing the wrong cache, or leaving a hole, changes the
+/// output (or fails the decode) just as it would with a real model.
+#[cfg(test)]
+pub mod mock {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct ScriptedBackend {
+        pub vocab: usize,
+        /// Tokens written per slot, by position.
+        pub kv: Vec<Vec<u32>>,
+        /// Entries of every decode so far (to count prefill work).
+        pub decoded: Vec<Vec<BatchEntry>>,
+        logits: Vec<Vec<f32>>,
+        /// Make the next decode fail.
+        pub fail_next: bool,
+    }
+
+    impl ScriptedBackend {
+        pub fn new(slots: usize, vocab: usize) -> ScriptedBackend {
+            ScriptedBackend {
+                vocab,
+                kv: vec![Vec::new(); slots],
+                ..ScriptedBackend::default()
+            }
+        }
+
+        /// The token that follows this history: never 0 (end of turn) unless the history is
+        /// long, so replies have some length.
+        pub fn next_token(vocab: usize, history: &[u32]) -> u32 {
+            let mut h: u64 = 1469598103934665603;
+            for &t in history {
+                h = (h ^ u64::from(t)).wrapping_mul(1099511628211);
+            }
+            1 + (h % (vocab as u64 - 1)) as u32
+        }
+
+        /// Prompt tokens decoded so far (entries without logits, plus prompt ends).
+        pub fn tokens_decoded(&self) -> usize {
+            self.decoded.iter().map(Vec::len).sum()
+        }
+    }
+
+    impl Backend for ScriptedBackend {
+        fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), String> {
+            if std::mem::take(&mut self.fail_next) {
+                return Err("scripted failure".into());
+            }
+            self.logits.clear();
+            for entry in batch {
+                let kv = &mut self.kv[entry.slot];
+                if entry.position != kv.len() {
+                    return Err(format!(
+                        "slot {} holds {} tokens; a token at position {} leaves a hole or overwrites",
+                        entry.slot,
+                        kv.len(),
+                        entry.position
+                    ));
+                }
+                kv.push(entry.token);
+                let mut logits = vec![0.0; self.vocab];
+                if entry.logits {
+                    logits[Self::next_token(self.vocab, kv) as usize] = 10.0;
+                }
+                self.logits.push(logits);
+            }
+            self.decoded.push(batch.to_vec());
+            Ok(())
+        }
+
+        fn logits(&self, index: usize) -> &[f32] {
+            &self.logits[index]
+        }
+
+        fn remove(&mut self, slot: usize, from: usize) {
+            self.kv[slot].truncate(from);
+        }
+
+        fn copy(&mut self, src: usize, dst: usize) {
+            self.kv[dst] = self.kv[src].clone();
+        }
+    }
+
+    /// Tokens that spell themselves as `<id>`; token 0 ends the turn.
+    pub struct ScriptedVocabulary {
+        pieces: Vec<Vec<u8>>,
+    }
+
+    impl ScriptedVocabulary {
+        pub fn new(size: usize) -> ScriptedVocabulary {
+            ScriptedVocabulary {
+                pieces: (0..size).map(|i| format!("<{i}>").into_bytes()).collect(),
+            }
+        }
+    }
+
+    impl Vocabulary for ScriptedVocabulary {
+        fn token_bytes(&self, token: u32) -> &[u8] {
+            &self.pieces[token as usize]
+        }
+
+        fn is_eog(&self, token: u32) -> bool {
+            token == 0
+        }
+
+        fn vocab_size(&self) -> usize {
+            self.pieces.len()
+        }
+    }
+}
