@@ -148,6 +148,34 @@ def test_legacy_functions_return_function_call(client):
     jsonschema.validate(json.loads(choice.message.function_call.arguments), SCHEMAS["get_weather"])
 
 
+def test_legacy_function_conversation_continues(client):
+    first = client.chat.completions.create(
+        model="qwen", messages=ASK, functions=[WEATHER["function"]], temperature=0)
+    call = first.choices[0].message.function_call
+    assert call is not None and call.name == "get_weather"
+    messages = ASK + [
+        {"role": "assistant", "content": None, "function_call": {"name": call.name, "arguments": call.arguments}},
+        {"role": "function", "name": "get_weather", "content": '{"temperature": 21}'},
+    ]
+    second = client.chat.completions.create(
+        model="qwen", messages=messages, functions=[WEATHER["function"]], function_call="none",
+        temperature=0, max_tokens=30)
+    assert second.choices[0].message.function_call is None
+    assert isinstance(second.choices[0].message.content, str)
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_json_that_is_not_a_call_stays_content(client):
+    response = client.chat.completions.create(
+        model="qwen", tools=[WEATHER], temperature=0, max_tokens=80,
+        messages=[{"role": "user", "content": "Write a minimal tsconfig.json file. Reply with the JSON only."}])
+    message = response.choices[0].message
+    if message.tool_calls:  # the model may still choose the tool; then it is a valid call
+        check_calls(message)
+    else:
+        assert "{" in message.content
+
+
 def test_a_model_without_a_tool_template_still_calls_through_the_fallback(client):
     # SmolLM2's template cannot show tools: hearth describes them and enforces the call.
     response = client.chat.completions.create(

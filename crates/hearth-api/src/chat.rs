@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::logprobs::ChatLogprobs;
 use crate::params::{GenerationParams, SamplingFields, MAX_TOP_LOGPROBS};
-use crate::tools::{parse_tools, FunctionCall, ToolCall, ToolCallDelta, ToolFields, ToolUse};
+use crate::tools::{parse_tools, FunctionCall, ToolCall, ToolFields, ToolUse};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -38,6 +38,8 @@ pub struct ChatMessage {
     pub name: Option<String>,
     pub tool_calls: Option<Value>,
     pub tool_call_id: Option<String>,
+    /// Legacy: an assistant's one call (`functions` API).
+    pub function_call: Option<Value>,
 }
 
 /// A string, or a list of parts of which text parts are read.
@@ -55,7 +57,14 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 impl ChatCompletionRequest {
     /// Validate everything that does not need the model, and produce the generation params.
@@ -179,13 +188,28 @@ impl ChatCompletionRequest {
                         texts.join("\n")
                     }
                 };
-                // "developer" is OpenAI's newer name for the system role.
-                let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+                // "developer" is OpenAI's newer name for the system role; the legacy
+                // "function" role is a tool result.
+                let role = match m.role.as_str() {
+                    "developer" => "system",
+                    "function" => "tool",
+                    other => other,
+                };
                 let mut message = serde_json::json!({"role": role, "content": content});
                 if let Some(name) = &m.name {
                     message["name"] = Value::String(name.clone());
                 }
-                if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+                // The legacy `function_call` is a tool call with an id of ours, which the
+                // next `function` message answers.
+                let legacy_call = m
+                    .function_call
+                    .as_ref()
+                    .filter(|c| !c.is_null() && m.tool_calls.is_none());
+                let legacy_calls = legacy_call.map(|call| {
+                    serde_json::json!([{"id": format!("call_fn{i}"), "type": "function", "function": call}])
+                });
+                let tool_calls = m.tool_calls.as_ref().or(legacy_calls.as_ref());
+                if let Some(calls) = tool_calls.filter(|c| !c.is_null()) {
                     if m.role != "assistant" {
                         return Err(ApiError::invalid_value(
                             &format!("messages[{i}].tool_calls"),
@@ -203,7 +227,21 @@ impl ChatCompletionRequest {
                     }
                     message["tool_calls"] = Value::Array(calls);
                 }
-                if m.role == "tool" {
+                if m.role == "function" {
+                    let name = m.name.as_deref().unwrap_or_default();
+                    let id = call_names
+                        .iter()
+                        .rev()
+                        .find(|(id, called)| id.starts_with("call_fn") && (called == name || name.is_empty()))
+                        .map(|(id, _)| id.clone());
+                    let Some(id) = id else {
+                        return Err(ApiError::invalid_value(
+                            &format!("messages[{i}].name"),
+                            "a function message needs the name of a function_call made before it",
+                        ));
+                    };
+                    message["tool_call_id"] = Value::String(id);
+                } else if m.role == "tool" {
                     let Some(id) = &m.tool_call_id else {
                         return Err(ApiError::invalid_value(
                             &format!("messages[{i}].tool_call_id"),
@@ -340,37 +378,4 @@ impl Usage {
         self.prompt_tokens_details.cached_tokens = cached_tokens;
         self
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub system_fingerprint: String,
-    pub choices: Vec<ChunkChoice>,
-    /// Present (null) on every chunk when usage was asked for; set on the last one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Option<Usage>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChunkChoice {
-    pub index: u32,
-    pub delta: Delta,
-    pub logprobs: Option<ChatLogprobs>,
-    pub finish_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Delta {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

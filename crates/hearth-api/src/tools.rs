@@ -10,6 +10,9 @@ use crate::format::check_schema;
 
 /// Most tools per request (OpenAI's limit).
 pub const MAX_TOOLS: usize = 128;
+/// Most bytes of parameter schemas over all tools: each is compiled into the call grammar
+/// (two or three times for `auto`), so the sum is what bounds a request's compile work.
+pub const MAX_TOOL_SCHEMA_BYTES: usize = 256 * 1024;
 
 /// One function the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,7 +135,7 @@ pub fn parse_tools(fields: ToolFields<'_>) -> Result<Option<(Vec<Value>, ToolUse
                 format!("tools[{i}]{}", field_path(field))
             }
         };
-        let spec = parse_tool(tool, &at)?;
+        let spec = parse_tool(tool, legacy, &at)?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(ApiError::invalid_value(
                 &at(".name"),
@@ -140,6 +143,16 @@ pub fn parse_tools(fields: ToolFields<'_>) -> Result<Option<(Vec<Value>, ToolUse
             ));
         }
         specs.push(spec);
+    }
+    let schema_bytes: usize = specs.iter().map(|s| s.parameters.to_string().len()).sum();
+    if schema_bytes > MAX_TOOL_SCHEMA_BYTES {
+        return Err(ApiError::invalid_value(
+            list_param,
+            format!(
+                "the tools' parameter schemas come to {schema_bytes} bytes; the limit is \
+                 {MAX_TOOL_SCHEMA_BYTES}"
+            ),
+        ));
     }
     let (choice_param, choice) = match (tool_choice, function_call) {
         (Some(choice), _) => ("tool_choice", parse_choice(choice, false)?),
@@ -175,8 +188,11 @@ fn field_path(field: &str) -> String {
     }
 }
 
-fn parse_tool(tool: &Value, at: &dyn Fn(&str) -> String) -> Result<ToolSpec, ApiError> {
-    let legacy = at("").starts_with("functions");
+fn parse_tool(
+    tool: &Value,
+    legacy: bool,
+    at: &dyn Fn(&str) -> String,
+) -> Result<ToolSpec, ApiError> {
     let function = if legacy {
         tool.get("function").unwrap_or(&Value::Null)
     } else {

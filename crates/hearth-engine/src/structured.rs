@@ -39,15 +39,35 @@ pub enum OutputFormat {
     Lark(String),
     /// Free text until the reply writes one of these openers; that opener's grammar governs
     /// what follows it (`tool_choice: auto`).
-    Triggered(Vec<LazyGrammar>),
+    Triggered(LazyGrammars),
+}
+
+/// Grammars that start once their opener is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LazyGrammars {
+    pub grammars: Vec<LazyGrammar>,
+    /// Where a reasoning model's think block stands: openers inside it are thoughts.
+    pub think: ThinkStart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThinkStart {
+    /// No think block: openers count from the first token.
+    None,
+    /// The reply may open with `<think>`; openers count after its `</think>`.
+    Maybe,
+    /// The prompt opened the think block; openers count after `</think>`.
+    Inside,
 }
 
 /// A grammar that starts once its opener is written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LazyGrammar {
-    /// Text that wakes the grammar (a call marker, or `{` opening the reply).
-    pub opener: String,
-    /// Only as the first thing in the reply (after whitespace); else anywhere.
+    /// The text that wakes the grammar, in parts that whitespace may separate (a call marker;
+    /// or `{` then `"name"` opening the reply).
+    pub opener: Vec<String>,
+    /// Only as the first thing in the reply (after whitespace, and after a think block);
+    /// else anywhere (a marker: one part).
     pub at_start: bool,
     /// Lark grammar of what follows the opener.
     pub grammar: String,
@@ -143,8 +163,8 @@ impl GrammarCompiler {
     /// A fresh matcher for this format; schemas the compiler rejects are request errors.
     pub fn matcher(&self, format: &OutputFormat) -> Result<Constraint> {
         if let OutputFormat::Triggered(lazy) = format {
-            let mut triggers = Vec::with_capacity(lazy.len());
-            for grammar in lazy {
+            let mut triggers = Vec::with_capacity(lazy.grammars.len());
+            for grammar in &lazy.grammars {
                 let compiled = self.matcher(&OutputFormat::Lark(grammar.grammar.clone()))?;
                 triggers.push((grammar.clone(), compiled.into_matcher()));
             }
@@ -155,6 +175,7 @@ impl GrammarCompiler {
             return Ok(Constraint::waiting(
                 placeholder,
                 triggers,
+                lazy.think,
                 self.numbers.clone(),
             ));
         }
@@ -281,12 +302,14 @@ impl Constraint {
     fn waiting(
         placeholder: Matcher,
         triggers: Vec<(LazyGrammar, Matcher)>,
+        think: ThinkStart,
         numbers: Arc<NumberBound>,
     ) -> Constraint {
         let mut constraint = Constraint::new(placeholder, Some(numbers));
         constraint.waiting = Some(Box::new(Waiting {
             triggers,
             text: Vec::new(),
+            think,
         }));
         constraint
     }
@@ -330,37 +353,103 @@ impl Constraint {
 /// A lazy grammar's watch over the free text before its opener.
 struct Waiting {
     triggers: Vec<(LazyGrammar, Matcher)>,
-    /// The reply so far while an at-start opener may still come, then only a tail long
-    /// enough to hold any opener.
+    /// The reply so far (after any think block) while an at-start opener may still come,
+    /// then only a tail long enough to hold any opener.
     text: Vec<u8>,
+    think: ThinkStart,
 }
 
 /// Reply text kept to find an opener split across tokens.
 const OPENER_WINDOW: usize = 64;
+const THINK_OPEN: &[u8] = b"<think>";
+const THINK_CLOSE: &[u8] = b"</think>";
+
+/// How far an opener (parts with optional whitespace before and between them) matches.
+enum Opening {
+    /// Complete, ending at this byte.
+    Written(usize),
+    /// What is written so far could still become it.
+    Possible,
+    Impossible,
+}
+
+fn opening(text: &[u8], parts: &[String]) -> Opening {
+    let mut at = 0;
+    for part in parts {
+        at += text[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+        let rest = &text[at..];
+        let part = part.as_bytes();
+        if rest.starts_with(part) {
+            at += part.len();
+        } else if part.starts_with(rest) {
+            return Opening::Possible;
+        } else {
+            return Opening::Impossible;
+        }
+    }
+    Opening::Written(at)
+}
 
 impl Waiting {
     /// Add a token's bytes; the grammar to switch to (with the bytes written past its
     /// opener already consumed) once an opener is complete.
     fn advance(&mut self, bytes: &[u8], bound: &NumberBound) -> Option<(Matcher, Vec<u8>)> {
-        let before = self.text.len();
+        let mut before = self.text.len();
         self.text.extend_from_slice(bytes);
-        let start = self
-            .text
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(self.text.len());
+        // A reasoning model's thoughts may mention calls: openers count after `</think>`.
+        loop {
+            match self.think {
+                ThinkStart::None => break,
+                ThinkStart::Maybe => {
+                    let start = self
+                        .text
+                        .iter()
+                        .take_while(|b| b.is_ascii_whitespace())
+                        .count();
+                    let written = &self.text[start..];
+                    if written.starts_with(THINK_OPEN) {
+                        self.think = ThinkStart::Inside;
+                    } else if THINK_OPEN.starts_with(written) {
+                        return None;
+                    } else {
+                        self.think = ThinkStart::None;
+                    }
+                }
+                ThinkStart::Inside => {
+                    let from = before.saturating_sub(THINK_CLOSE.len());
+                    match find(&self.text[from..], THINK_CLOSE) {
+                        Some(at) => {
+                            self.text.drain(..from + at + THINK_CLOSE.len());
+                            before = 0;
+                            self.think = ThinkStart::None;
+                        }
+                        None => {
+                            let keep = self.text.len().saturating_sub(THINK_CLOSE.len());
+                            self.text.drain(..keep);
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
         let mut fired = None;
         for (i, (lazy, _)) in self.triggers.iter().enumerate() {
-            let opener = lazy.opener.as_bytes();
-            let at = if lazy.at_start {
-                self.text[start..].starts_with(opener).then_some(start)
+            let end = if lazy.at_start {
+                match opening(&self.text, &lazy.opener) {
+                    Opening::Written(end) => Some(end),
+                    _ => None,
+                }
             } else {
-                // Only where this token could have completed it.
+                // A marker, found where this token could have completed it.
+                let opener = lazy.opener.concat();
                 let from = before.saturating_sub(opener.len());
-                find(&self.text[from..], opener).map(|at| from + at)
+                find(&self.text[from..], opener.as_bytes()).map(|at| from + at + opener.len())
             };
-            if let Some(at) = at {
-                fired = Some((i, at + opener.len()));
+            if let Some(end) = end {
+                fired = Some((i, end));
                 break;
             }
         }
@@ -377,11 +466,9 @@ impl Waiting {
             // stays free text (the parser shows it as written).
         }
         // At-start openers are dead once the reply has text that cannot begin one.
-        let written = &self.text[start..];
+        let text = &self.text;
         self.triggers.retain(|(lazy, _)| {
-            !lazy.at_start
-                || (written.len() < lazy.opener.len()
-                    && lazy.opener.as_bytes().starts_with(written))
+            !lazy.at_start || matches!(opening(text, &lazy.opener), Opening::Possible)
         });
         if self.triggers.iter().all(|(lazy, _)| !lazy.at_start) && self.text.len() > OPENER_WINDOW {
             self.text.drain(..self.text.len() - OPENER_WINDOW);
@@ -391,6 +478,9 @@ impl Waiting {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -657,6 +747,14 @@ mod tests {
     }
 
     fn lazy_constraint(words: &[Vec<u8>], triggers: &[(&str, bool)]) -> Constraint {
+        lazy_constraint_thinking(words, triggers, ThinkStart::None)
+    }
+
+    fn lazy_constraint_thinking(
+        words: &[Vec<u8>],
+        triggers: &[(&str, bool)],
+        think: ThinkStart,
+    ) -> Constraint {
         let info = TokRxInfo::new(words.len() as u32, 0);
         let trie = TokTrie::from(&info, words).with_eos_tokens(&[0]);
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
@@ -670,8 +768,9 @@ mod tests {
                 let parser = factory
                     .create_parser(TopLevelGrammar::from_lark(grammar.to_owned()))
                     .unwrap();
+                // "a|b" is an opener in two parts that whitespace may separate.
                 let lazy = LazyGrammar {
-                    opener: opener.to_owned(),
+                    opener: opener.split('|').map(str::to_owned).collect(),
                     at_start,
                     grammar: grammar.to_owned(),
                 };
@@ -679,7 +778,7 @@ mod tests {
             })
             .collect();
         let placeholder = compiled[0].1.deep_clone();
-        Constraint::waiting(placeholder, compiled, numbers)
+        Constraint::waiting(placeholder, compiled, think, numbers)
     }
 
     fn feed(constraint: &mut Constraint, words: &[Vec<u8>], pieces: &[&str]) {
@@ -719,6 +818,47 @@ mod tests {
         feed(&mut c, &words, &["a", "\":", " ", "\"", "ok\"}"]);
         c.compute_mask().unwrap();
         assert!(c.allows(0), "after the call only end of turn");
+    }
+
+    #[test]
+    fn json_that_is_not_a_call_stays_free_and_thoughts_do_not_call() {
+        let words = toy_vocab();
+        let mut c = lazy_constraint(&words, &[("{|\"", true)]);
+        feed(&mut c, &words, &["{", "\n", " ", " "]);
+        assert!(c.is_dormant(), "whitespace may come between the parts");
+        feed(&mut c, &words, &["\""]);
+        assert!(!c.is_dormant());
+        let mut c = lazy_constraint(&words, &[("{|\"", true)]);
+        feed(&mut c, &words, &["{", "x"]);
+        assert!(c.is_dormant());
+        feed(&mut c, &words, &["\""]);
+        assert!(c.is_dormant(), "the opener died at x");
+        // A marker inside a think block is a thought; after `</think>` it calls.
+        let mut c = lazy_constraint_thinking(&words, &[("<tool_call>", false)], ThinkStart::Maybe);
+        feed(
+            &mut c,
+            &words,
+            &["<", "t", "h", "i", "n", "k", ">", "<tool_call>"],
+        );
+        assert!(c.is_dormant());
+        feed(
+            &mut c,
+            &words,
+            &["<", "/", "t", "h", "i", "n", "k", ">", "\n", "<tool_call>"],
+        );
+        assert!(!c.is_dormant());
+        let mut c = lazy_constraint_thinking(&words, &[("{|\"", true)], ThinkStart::Inside);
+        feed(
+            &mut c,
+            &words,
+            &["{\"", "<", "/", "t", "h", "i", "n", "k", ">", "\n"],
+        );
+        assert!(c.is_dormant());
+        feed(&mut c, &words, &["{\""]);
+        assert!(
+            !c.is_dormant(),
+            "at the start of the answer, after the thoughts"
+        );
     }
 
     #[test]

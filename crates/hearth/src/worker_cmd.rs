@@ -407,8 +407,12 @@ impl Worker {
                         if !rest.is_empty() && !send(&outbox, &delta_message(id, rest, &[], None)) {
                             return false;
                         }
-                        // A reply that made calls and ended by itself ended to run them.
-                        if parser.calls() > 0 && finish_reason == FinishReason::Stop {
+                        // A reply that made calls and ended by itself ended to run them (a
+                        // stop string that cut a call short is just a stop).
+                        if parser.calls() > 0
+                            && parser.calls_complete()
+                            && finish_reason == FinishReason::Stop
+                        {
                             reason = "tool_calls";
                         }
                     }
@@ -513,7 +517,7 @@ impl ReplySetup {
     }
 }
 
-/// Put text at the start of the system message (adding one if there is none).
+/// Add text to the system message (after what it says), or open with a system message.
 fn add_system_text(messages: &mut Vec<serde_json::Value>, text: &str) {
     match messages.first_mut() {
         Some(first) if first.get("role").and_then(|r| r.as_str()) == Some("system") => {

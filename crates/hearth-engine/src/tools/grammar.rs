@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::{CallFamily, ToolSyntax};
-use crate::structured::{LazyGrammar, OutputFormat};
+use crate::structured::{LazyGrammar, LazyGrammars, OutputFormat, ThinkStart};
 
 /// A function the grammar may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,27 +57,24 @@ pub fn call_grammar(
             String::new()
         }
     };
-    // Rules every grammar shares: a call object, after its `{`, is one of the tools'.
+    // Rules every grammar shares: a call object is `{"name"` and then one of the tools'
+    // names with its arguments; whitespace between the parts is allowed (and bounded).
     let mut rules = vec![
-        "call: \"{\" body".to_owned(),
+        "call: \"{\" ws? \"\\\"name\\\"\" after_name".to_owned(),
         format!(
-            "body: {}",
+            "after_name: {}",
             (0..chosen.len())
-                .map(|i| format!("body_{i}"))
+                .map(|i| format!("after_name_{i}"))
                 .collect::<Vec<_>>()
                 .join(" | ")
         ),
         "ws: /[ \\t\\n]{1,16}/".to_owned(),
     ];
     for (i, tool) in chosen.iter().enumerate() {
-        let head = format!(
-            "\"name\": \"{}\", \"{}\": ",
-            tool.name,
-            family.arguments_key()
-        );
         rules.push(format!(
-            "body_{i}: ws? {} args_{i} ws? \"}}\"",
-            literal(&head)
+            "after_name_{i}: ws? \":\" ws? {} ws? \",\" ws? {} ws? \":\" ws? args_{i} ws? \"}}\"",
+            literal(&format!("\"{}\"", tool.name)),
+            literal(&format!("\"{}\"", family.arguments_key())),
         ));
         rules.push(format!("args_{i}: %json {}", arguments_schema(tool)));
     }
@@ -92,7 +89,7 @@ pub fn call_grammar(
         let mut lazy = Vec::new();
         match family {
             CallFamily::Hermes => lazy.push(LazyGrammar {
-                opener: "<tool_call>".into(),
+                opener: vec!["<tool_call>".into()],
                 at_start: false,
                 grammar: grammar(
                     format!("ws? call ws? {close}{}", more(&hermes_block)),
@@ -100,7 +97,7 @@ pub fn call_grammar(
                 ),
             }),
             CallFamily::Mistral => lazy.push(LazyGrammar {
-                opener: "[TOOL_CALLS]".into(),
+                opener: vec!["[TOOL_CALLS]".into()],
                 at_start: false,
                 grammar: grammar(
                     format!("ws? \"[\" ws? call{} ws? \"]\"", more("ws? \",\" ws? call")),
@@ -108,26 +105,36 @@ pub fn call_grammar(
                 ),
             }),
             CallFamily::Llama3 => lazy.push(LazyGrammar {
-                opener: "<|python_tag|>".into(),
+                opener: vec!["<|python_tag|>".into()],
                 at_start: false,
                 grammar: grammar("ws? call".into(), &rules),
             }),
             CallFamily::Generic => {}
         }
         if family != CallFamily::Mistral {
-            // Small models often answer a call as bare JSON, or fenced.
+            // Small models often answer a call as bare JSON, or fenced. Only `{"name"` opening
+            // the reply makes it a call: other JSON (a config file, a JSON answer) stays text.
+            let name = "\"name\"".to_owned();
             lazy.push(LazyGrammar {
-                opener: "{".into(),
+                opener: vec!["{".into(), name.clone()],
                 at_start: true,
-                grammar: grammar("body".into(), &rules),
+                grammar: grammar("after_name".into(), &rules),
             });
             lazy.push(LazyGrammar {
-                opener: "```json".into(),
+                opener: vec!["```json".into(), "{".into(), name],
                 at_start: true,
-                grammar: grammar("ws? call ws? \"```\"".into(), &rules),
+                grammar: grammar("after_name ws? \"```\"".into(), &rules),
             });
         }
-        return OutputFormat::Triggered(lazy);
+        let think = match (syntax.reasoning, opens_in_reasoning) {
+            (false, _) => ThinkStart::None,
+            (true, false) => ThinkStart::Maybe,
+            (true, true) => ThinkStart::Inside,
+        };
+        return OutputFormat::Triggered(LazyGrammars {
+            grammars: lazy,
+            think,
+        });
     }
     let calls = match family {
         CallFamily::Hermes => format!(
@@ -169,14 +176,17 @@ fn literal(text: &str) -> String {
 fn arguments_schema(tool: &CallTool) -> Value {
     let mut schema = tool.parameters.clone();
     if let Some(object) = schema.as_object_mut() {
-        object.entry("x-guidance").or_insert_with(|| {
+        // Ours, always: `lenient` must follow `strict`, and the layout is what the parser and
+        // the templates expect.
+        object.insert(
+            "x-guidance".into(),
             json!({
                 "whitespace_flexible": false,
                 "item_separator": ", ",
                 "key_separator": ": ",
                 "lenient": !tool.strict,
-            })
-        });
+            }),
+        );
     }
     schema
 }
@@ -229,30 +239,41 @@ mod tests {
         );
         assert!(g.contains("){0,7}"), "{g}");
         assert!(
-            g.contains("\"\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0"),
+            g.contains(
+                r#"after_name_0: ws? ":" ws? "\"get_weather\"" ws? "," ws? "\"arguments\"""#
+            ),
             "{g}"
         );
     }
 
     #[test]
     fn auto_wakes_on_the_marker_or_a_call_opening_the_reply() {
-        let OutputFormat::Triggered(lazy) = call_grammar(
+        let OutputFormat::Triggered(LazyGrammars {
+            grammars: lazy,
+            think,
+        }) = call_grammar(
             &syntax(CallFamily::Hermes),
             &[weather()],
             &CallMode::Auto,
             false,
             false,
             &|_| None,
-        ) else {
+        )
+        else {
             panic!("auto is lazy");
         };
-        let openers: Vec<(&str, bool)> = lazy
+        assert_eq!(think, ThinkStart::None);
+        let openers: Vec<(String, bool)> = lazy
             .iter()
-            .map(|l| (l.opener.as_str(), l.at_start))
+            .map(|l| (l.opener.concat(), l.at_start))
             .collect();
         assert_eq!(
             openers,
-            vec![("<tool_call>", false), ("{", true), ("```json", true)]
+            vec![
+                ("<tool_call>".into(), false),
+                ("{\"name\"".into(), true),
+                ("```json{\"name\"".into(), true)
+            ]
         );
         assert!(
             !lazy[0].grammar.contains("{0,"),

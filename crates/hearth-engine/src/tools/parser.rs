@@ -73,6 +73,9 @@ pub struct ReplyParser {
 
 /// How small models often open a call.
 const FENCE: &str = "```json";
+/// Longest `{"name": "…", "arguments": ` read before giving up on a call (names are at most
+/// 64 bytes; whitespace is bounded by the grammar).
+const MAX_HEADER_BYTES: usize = 256;
 
 /// How `feed` ended.
 enum Step {
@@ -114,6 +117,12 @@ impl ReplyParser {
     /// Calls announced so far.
     pub fn calls(&self) -> u32 {
         self.calls
+    }
+
+    /// Every announced call was read to its end (none was cut by a stop string or the
+    /// token limit).
+    pub fn calls_complete(&self) -> bool {
+        !matches!(self.state, State::Arguments(_) | State::Tail)
     }
 
     pub fn push(&mut self, text: &str) -> ReplyDelta {
@@ -289,6 +298,8 @@ impl ReplyParser {
 
     fn header(&mut self, out: &mut ReplyDelta) -> Step {
         match parse_header(&self.buf, self.family.arguments_key()) {
+            // A header is a few dozen bytes; text that keeps it open is not a call.
+            Parse::NeedMore if self.buf.len() > MAX_HEADER_BYTES => self.fall_back(out),
             Parse::NeedMore => Step::Wait,
             Parse::Fail => self.fall_back(out),
             Parse::Done(name, used) => {
