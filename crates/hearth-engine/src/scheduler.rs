@@ -63,7 +63,13 @@ struct Sequence {
 #[derive(Debug, Clone, Default)]
 struct SlotCache {
     tokens: Vec<u32>,
+    /// When the slot was last released (a counter): the oldest cache is evicted first.
+    released_at: u64,
 }
+
+/// A cache shorter than this is not worth a copy to keep (a copy moves the slot's whole KV
+/// buffer, whatever its length).
+const KEEP_CACHE_TOKENS: usize = 32;
 
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
@@ -73,6 +79,8 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     /// Reuse cached prefixes (`EngineConfig::prompt_cache`).
     prompt_cache: bool,
     slots: Vec<SlotCache>,
+    /// Counts releases, to order caches by age.
+    clock: u64,
     context_per_slot: usize,
     free_slots: Vec<usize>,
     waiting: VecDeque<Submission>,
@@ -99,6 +107,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             batch_size: config.batch_size as usize,
             prompt_cache: config.prompt_cache,
             slots: vec![SlotCache::default(); config.parallel],
+            clock: 0,
             context_per_slot: config.context_per_slot as usize,
             free_slots: (0..config.parallel).rev().collect(),
             waiting: VecDeque::new(),
@@ -244,6 +253,27 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             }
         }
         let (reused, source) = best;
+        // The slot's own cache is not what this request needs: keep it in the free slot
+        // whose cache matters least (an empty one, else the oldest) rather than lose it.
+        if self.prompt_cache
+            && (source != slot || reused == 0)
+            && self.slots[slot].tokens.len() >= KEEP_CACHE_TOKENS
+        {
+            let victim = self
+                .free_slots
+                .iter()
+                .copied()
+                .filter(|&v| v != source)
+                .min_by_key(|&v| (!self.slots[v].tokens.is_empty(), self.slots[v].released_at));
+            if let Some(victim) = victim {
+                if self.slots[victim].released_at < self.slots[slot].released_at
+                    || self.slots[victim].tokens.is_empty()
+                {
+                    self.backend.copy(slot, victim);
+                    self.slots[victim] = self.slots[slot].clone();
+                }
+            }
+        }
         if reused > 0 && source != slot {
             self.backend.copy(source, slot);
         }
@@ -388,6 +418,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// the prompt so far, then the generated tokens) unless `keep` is false (a failed
     /// decode leaves the cells unknown) or the cache is off.
     fn release(&mut self, seq: Sequence, keep: bool) {
+        self.clock += 1;
+        self.slots[seq.slot].released_at = self.clock;
         let cache = &mut self.slots[seq.slot].tokens;
         cache.clear();
         if keep && self.prompt_cache {
@@ -514,4 +546,234 @@ fn emit(seq: &mut Sequence, text: String, tokens: Vec<GeneratedToken>) -> bool {
         return true;
     }
     (seq.sink)(Event::Delta { text, tokens })
+}
+
+/// Policy tests against the scripted backend: each slot's KV is a token list and the next
+/// token is a hash of it, so a wrong reuse changes the output and a hole fails the decode.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::exec::mock::{ScriptedBackend, ScriptedVocabulary};
+    use crate::sampling::SamplingParams;
+
+    const VOCAB: usize = 64;
+
+    #[derive(Debug, Default)]
+    struct Run {
+        tokens: Vec<u32>,
+        usage: Option<Usage>,
+        error: Option<String>,
+    }
+
+    type Shared = Arc<Mutex<Run>>;
+
+    struct Harness {
+        scheduler: Scheduler<'static, ScriptedBackend, ScriptedVocabulary>,
+        next_id: RequestId,
+    }
+
+    fn vocab() -> &'static ScriptedVocabulary {
+        static VOCABULARY: std::sync::OnceLock<ScriptedVocabulary> = std::sync::OnceLock::new();
+        VOCABULARY.get_or_init(|| ScriptedVocabulary::new(VOCAB))
+    }
+
+    impl Harness {
+        fn new(parallel: usize, prompt_cache: bool) -> Harness {
+            let config = EngineConfig {
+                parallel,
+                context_per_slot: 512,
+                batch_size: 64,
+                threads: 1,
+                kv_unified: false,
+                cpu_gate: None,
+                prompt_cache,
+            };
+            let backend = ScriptedBackend::new(parallel, VOCAB);
+            Harness {
+                scheduler: Scheduler::new(vocab(), backend, &config, Arc::default()),
+                next_id: 1,
+            }
+        }
+
+        fn submit(&mut self, prompt: &[u32], max_tokens: usize) -> (RequestId, Shared) {
+            let run: Shared = Arc::default();
+            let out = run.clone();
+            let sink: EventSink = Box::new(move |event| {
+                let mut run = out.lock().unwrap();
+                match event {
+                    Event::Delta { tokens, .. } => run.tokens.extend(tokens.iter().map(|t| t.id)),
+                    Event::Done { usage, .. } => run.usage = Some(usage),
+                    Event::Error(e) => run.error = Some(e),
+                }
+                true
+            });
+            let id = self.next_id;
+            self.next_id += 1;
+            self.scheduler.handle(Command::Submit(Box::new(Submission {
+                id,
+                request: GenerationRequest {
+                    prompt: prompt.to_vec(),
+                    sampling: SamplingParams::greedy(),
+                    max_tokens: Some(max_tokens),
+                    stop: vec![],
+                    format: None,
+                },
+                constraint: None,
+                sink,
+            })));
+            (id, run)
+        }
+
+        fn step(&mut self) {
+            self.scheduler.admit();
+            self.scheduler.step();
+        }
+
+        fn run_until_idle(&mut self) {
+            for _ in 0..10_000 {
+                if self.scheduler.running.is_empty() && self.scheduler.waiting.is_empty() {
+                    return;
+                }
+                self.step();
+            }
+            panic!("the scheduler never went idle");
+        }
+
+        /// Generate alone to completion: (tokens, cached prompt tokens).
+        fn generate(&mut self, prompt: &[u32], max_tokens: usize) -> (Vec<u32>, usize) {
+            let (_, run) = self.submit(prompt, max_tokens);
+            self.run_until_idle();
+            let run = run.lock().unwrap();
+            assert_eq!(run.error, None);
+            (
+                run.tokens.clone(),
+                run.usage.expect("finished").cached_tokens,
+            )
+        }
+
+        /// Prompt tokens decoded so far (entries without logits are prompt tokens; each
+        /// prompt's last token has logits, so count positions below the prompt's length).
+        fn decoded(&self) -> usize {
+            self.scheduler.backend.tokens_decoded()
+        }
+
+        fn kv(&self, slot: usize) -> &[u32] {
+            &self.scheduler.backend.kv[slot]
+        }
+    }
+
+    fn prompt(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| 1 + (seed * 31 + i * 7) % 60)
+            .collect()
+    }
+
+    fn cold(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+        Harness::new(1, false).generate(prompt, max_tokens).0
+    }
+
+    #[test]
+    fn a_repeated_prompt_decodes_only_its_last_token_again() {
+        let mut h = Harness::new(2, true);
+        let p = prompt(1, 100);
+        let (first, cached) = h.generate(&p, 6);
+        assert_eq!(cached, 0);
+        let before = h.decoded();
+        let (second, cached) = h.generate(&p, 6);
+        assert_eq!(cached, 99, "all but the last prompt token");
+        assert_eq!(second, first);
+        // One prompt token, then the generated ones (the last sampled is never decoded).
+        assert_eq!(h.decoded() - before, 1 + 5);
+    }
+
+    #[test]
+    fn a_conversation_continues_from_its_cache_and_matches_a_cold_run() {
+        let mut h = Harness::new(2, true);
+        let turn1 = prompt(2, 80);
+        let (reply, _) = h.generate(&turn1, 8);
+        let mut turn2 = turn1.clone();
+        turn2.extend(&reply);
+        turn2.extend(prompt(3, 20));
+        let (warm, cached) = h.generate(&turn2, 10);
+        // The prompt and the reply's decoded tokens (all but its last, never decoded).
+        assert_eq!(cached, 80 + 7);
+        assert_eq!(warm, cold(&turn2, 10));
+    }
+
+    #[test]
+    fn a_cache_in_another_slot_is_copied_and_the_displaced_one_kept() {
+        let mut h = Harness::new(3, true);
+        let x = prompt(4, 60);
+        let y = prompt(5, 60);
+        h.generate(&x, 4); // slot 0 holds x
+                           // y takes slot 0 (the lowest); x's cache moves to an empty slot instead of being lost.
+        let (_, cached) = h.generate(&y, 4);
+        assert_eq!(cached, 0);
+        assert_eq!(&h.kv(0)[..60], &y[..]);
+        assert!(
+            (1..3).any(|s| h.kv(s).starts_with(&x)),
+            "x's cache survived"
+        );
+        // x again: its cache is copied into slot 0, and the output is as if cold.
+        let (again, cached) = h.generate(&x, 4);
+        assert_eq!(cached, 59);
+        assert_eq!(again, cold(&x, 4));
+        assert!(h.kv(0).starts_with(&x));
+    }
+
+    #[test]
+    fn a_running_sequence_shares_its_decoded_prefix() {
+        let mut h = Harness::new(2, true);
+        let system = prompt(6, 64);
+        let mut a = system.clone();
+        a.extend(prompt(7, 10));
+        let mut b = system.clone();
+        b.extend(prompt(8, 10));
+        let (_, run_a) = h.submit(&a, 30);
+        h.step();
+        h.step(); // a's prompt (74 tokens, batch 64) is in and it is generating
+        let (_, run_b) = h.submit(&b, 5);
+        h.run_until_idle();
+        let b_usage = run_b.lock().unwrap().usage.unwrap();
+        assert_eq!(b_usage.cached_tokens, 64, "the shared system prompt");
+        assert_eq!(run_b.lock().unwrap().tokens, cold(&b, 5));
+        assert_eq!(run_a.lock().unwrap().tokens, cold(&a, 30));
+    }
+
+    #[test]
+    fn a_sequence_cancelled_mid_prefill_leaves_a_usable_cache() {
+        let mut h = Harness::new(1, true);
+        let long = prompt(9, 150);
+        let (id, _) = h.submit(&long, 5);
+        h.step(); // 64 of 150 prompt tokens decoded
+        h.scheduler.cancel(id);
+        assert_eq!(h.kv(0).len(), 64);
+        let (tokens, cached) = h.generate(&long, 5);
+        assert_eq!(cached, 64);
+        assert_eq!(tokens, cold(&long, 5));
+    }
+
+    #[test]
+    fn a_failed_decode_forgets_the_cache_and_the_cache_can_be_off() {
+        let mut h = Harness::new(1, true);
+        let p = prompt(10, 40);
+        h.generate(&p, 3);
+        h.scheduler.backend.fail_next = true;
+        let (_, run) = h.submit(&p, 3);
+        h.run_until_idle();
+        assert!(run.lock().unwrap().error.is_some());
+        assert!(
+            h.kv(0).is_empty(),
+            "cells of a failed batch are not trusted"
+        );
+        let (tokens, cached) = h.generate(&p, 3);
+        assert_eq!((cached, tokens), (0, cold(&p, 3)));
+
+        let mut off = Harness::new(1, false);
+        off.generate(&p, 3);
+        assert!(off.kv(0).is_empty());
+        assert_eq!(off.generate(&p, 3).1, 0);
+    }
 }

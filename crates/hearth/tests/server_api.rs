@@ -81,6 +81,7 @@ fn completions_equal_the_engines_greedy_output() {
             threads: 1,
             kv_unified: false,
             cpu_gate: None,
+            prompt_cache: true,
         },
     )
     .unwrap();

@@ -42,6 +42,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             threads: 2,
             kv_unified: false,
             cpu_gate: None,
+            prompt_cache: true,
         },
     )
     .unwrap()
