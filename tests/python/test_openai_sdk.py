@@ -115,3 +115,18 @@ def test_eight_concurrent_async_streams(server):
         alone = sync.chat.completions.create(
             model="smol", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24)
         assert answer == alone.choices[0].message.content
+
+
+def test_prompt_cache_reports_cached_tokens(client):
+    messages = [{"role": "system", "content": "You are a museum guide. " * 20},
+                {"role": "user", "content": "Which painting should I see first?"}]
+    first = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
+    again = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
+    assert again.choices[0].message.content == first.choices[0].message.content
+    details = again.usage.prompt_tokens_details
+    # All but the last prompt token (decoded again for fresh logits) came from the cache.
+    assert details.cached_tokens == again.usage.prompt_tokens - 1
+    streamed = list(client.chat.completions.create(
+        model="smol", messages=messages, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1

@@ -69,7 +69,7 @@ struct SlotCache {
 
 /// A cache shorter than this is not worth a copy to keep (a copy moves the slot's whole KV
 /// buffer, whatever its length).
-const KEEP_CACHE_TOKENS: usize = 32;
+const KEEP_CACHE_TOKENS: usize = 16;
 
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
@@ -253,12 +253,10 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             }
         }
         let (reused, source) = best;
-        // The slot's own cache is not what this request needs: keep it in the free slot
-        // whose cache matters least (an empty one, else the oldest) rather than lose it.
-        if self.prompt_cache
-            && (source != slot || reused == 0)
-            && self.slots[slot].tokens.len() >= KEEP_CACHE_TOKENS
-        {
+        // Most of the slot's own cache is not what this request needs (chat prompts share
+        // their template's opening, little more): keep it in the free slot whose cache
+        // matters least (an empty one, else the oldest) rather than lose it.
+        if self.prompt_cache && self.slots[slot].tokens.len() >= reused + KEEP_CACHE_TOKENS {
             let victim = self
                 .free_slots
                 .iter()

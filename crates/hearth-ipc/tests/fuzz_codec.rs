@@ -316,6 +316,7 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
                 finish_reason,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens: prompt_tokens / 2,
             }
         ),
         (any::<u64>(), any::<u16>(), api_error())

@@ -53,6 +53,8 @@ pub struct WorkerSettings {
     pub gpu_layers: u32,
     pub grammar_cache_size: usize,
     pub kv_unified: bool,
+    /// Workers keep no prompt cache.
+    pub no_prompt_cache: bool,
     /// Workers take turns decoding (one shared lock) because their threads together would
     /// exceed the CPU's cores when several models are busy.
     pub cpu_gate: bool,

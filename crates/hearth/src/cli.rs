@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// its output may depend on what runs alongside it; measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]
     pub kv_unified: bool,
+    /// Do not keep finished sequences' KV as a prompt cache (every prompt is read in full).
+    #[arg(long, env = "HEARTH_NO_PROMPT_CACHE")]
+    pub no_prompt_cache: bool,
     /// Workers take turns decoding: `auto` does when their threads together could exceed
     /// the CPU's cores (several models loaded at once).
     #[arg(long, value_enum, default_value_t = CpuGateMode::Auto, env = "HEARTH_CPU_GATE")]
@@ -236,6 +239,8 @@ pub struct WorkerArgs {
     pub grammar_cache_size: usize,
     #[arg(long)]
     pub kv_unified: bool,
+    #[arg(long)]
+    pub no_prompt_cache: bool,
     /// Lock file shared by workers that must take turns decoding.
     #[arg(long)]
     pub cpu_gate: Option<PathBuf>,

@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             gpu_layers: args.gpu_layers,
             grammar_cache_size: args.grammar_cache_size,
             kv_unified: args.kv_unified,
+            no_prompt_cache: args.no_prompt_cache,
             cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),

@@ -152,6 +152,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         context_per_slot: args.ctx_size,
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
         kv_unified: args.kv_unified,
+        prompt_cache: !args.no_prompt_cache,
         cpu_gate: args.cpu_gate.clone(),
         ..EngineConfig::default()
     };

@@ -74,6 +74,9 @@ pub async fn spawn_worker(
     if settings.kv_unified {
         command.arg("--kv-unified");
     }
+    if settings.no_prompt_cache {
+        command.arg("--no-prompt-cache");
+    }
     if settings.cpu_gate {
         command
             .arg("--cpu-gate")
