@@ -67,6 +67,10 @@ struct SlotCache {
     released_at: u64,
 }
 
+/// A shared prefix at least this long is worth waiting a step for rather than prefilling it
+/// twice.
+const SHARE_PREFILL_TOKENS: usize = 16;
+
 /// A cache shorter than this is not worth a copy to keep (a copy moves the slot's whole KV
 /// buffer, whatever its length).
 const KEEP_CACHE_TOKENS: usize = 16;
@@ -190,9 +194,18 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
     }
 
-    /// Move waiting requests into free slots, first come first served.
+    /// Move waiting requests into free slots, first come first served. A request whose
+    /// prompt shares a long prefix with one still being prefilled waits for that prefill
+    /// (a step or two) and then copies it: the `n` choices of a prompt, or requests with one
+    /// system prompt, read it once.
     fn admit(&mut self) {
         while !self.free_slots.is_empty() {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            if self.prompt_cache && self.prefilling_shared(&front.request.prompt) {
+                break;
+            }
             let Some(submission) = self.waiting.pop_front() else {
                 break;
             };
@@ -227,6 +240,22 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 logits_at: None,
             });
         }
+    }
+
+    /// A running sequence is still reading a prefix of at least `SHARE_PREFILL_TOKENS` that
+    /// `prompt` shares, beyond what any slot already holds.
+    fn prefilling_shared(&self, prompt: &[u32]) -> bool {
+        let held = self
+            .slots
+            .iter()
+            .map(|slot| common_prefix(&slot.tokens, prompt))
+            .chain(self.running.iter().map(|seq| decoded_prefix(seq, prompt)))
+            .max()
+            .unwrap_or(0);
+        self.running.iter().any(|seq| {
+            let shared = common_prefix(&seq.prompt, prompt).min(prompt.len().saturating_sub(1));
+            seq.prefilled < shared && shared >= held + SHARE_PREFILL_TOKENS
+        })
     }
 
     /// Start `slot` from the longest prefix of `prompt` held by any slot — a free slot's
@@ -738,6 +767,28 @@ mod tests {
         assert_eq!(b_usage.cached_tokens, 64, "the shared system prompt");
         assert_eq!(run_b.lock().unwrap().tokens, cold(&b, 5));
         assert_eq!(run_a.lock().unwrap().tokens, cold(&a, 30));
+    }
+
+    #[test]
+    fn choices_of_one_prompt_prefill_it_once() {
+        let mut h = Harness::new(4, true);
+        let p = prompt(11, 100);
+        let runs: Vec<Shared> = (0..4).map(|_| h.submit(&p, 6).1).collect();
+        h.run_until_idle();
+        let prompt_entries: usize = h
+            .scheduler
+            .backend
+            .decoded
+            .iter()
+            .flatten()
+            .filter(|e| e.position < p.len())
+            .count();
+        // One full prefill, then one token each for the three copies.
+        assert_eq!(prompt_entries, 100 + 3);
+        let expected = cold(&p, 6);
+        for run in runs {
+            assert_eq!(run.lock().unwrap().tokens, expected);
+        }
     }
 
     #[test]

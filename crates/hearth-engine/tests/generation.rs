@@ -514,3 +514,21 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
     generate(&replay, greedy(x.clone(), 24));
     assert_eq!(generate(&replay, greedy(follow_up, 24)).tokens, warm.tokens);
 }
+
+#[test]
+fn choices_of_one_prompt_share_its_prefill_and_match_a_lone_run() {
+    let engine = engine(4);
+    let prompt = chat_prompt("Write two sentences about the sea.");
+    let alone = generate(&engine_with(1, 1024), greedy(prompt.clone(), 20));
+    let handles: Vec<_> = (0..3)
+        .map(|_| engine.submit(greedy(prompt.clone(), 20)).unwrap())
+        .collect();
+    let outputs: Vec<_> = handles.into_iter().map(|h| collect(h.events)).collect();
+    let mut cached: Vec<usize> = outputs.iter().map(|o| o.usage.cached_tokens).collect();
+    cached.sort_unstable();
+    // One prefill; the other two copied it and decoded only the last prompt token again.
+    assert_eq!(cached, vec![0, prompt.len() - 1, prompt.len() - 1]);
+    for output in &outputs {
+        assert_eq!(output.tokens, alone.tokens);
+    }
+}
