@@ -85,6 +85,7 @@ pub async fn start(
         group.len(),
     );
     observer.prompt_tokens(prompt_tokens.iter().step_by(per_prompt).sum());
+    observer.accepted(&prompt_tokens);
     for (index, event) in &early {
         observer.event(*index, event);
     }
@@ -201,6 +202,7 @@ impl Started {
                     match launch_retrying(&self.job, &mut self.retry_left, self.deadline).await {
                         Ok((group, prompt_tokens, early)) => {
                             self.group = group;
+                            self.observer.accepted(&prompt_tokens);
                             self.prompt_tokens = prompt_tokens;
                             self.early = early;
                         }

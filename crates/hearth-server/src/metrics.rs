@@ -37,6 +37,8 @@ pub struct Metrics {
     pub request_queue_time: HistogramVec,
     pub prompt_tokens: IntCounterVec,
     pub generation_tokens: IntCounterVec,
+    pub prefix_cache_queries: IntCounterVec,
+    pub prefix_cache_hits: IntCounterVec,
     pub request_success: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub kv_cache_usage: prometheus::GaugeVec,
@@ -132,6 +134,16 @@ impl Metrics {
             generation_tokens: counter(
                 "hearth:generation_tokens_total",
                 "Tokens generated.",
+                &["model"],
+            ),
+            prefix_cache_queries: counter(
+                "hearth:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prompt cache (every sequence's prompt).",
+                &["model"],
+            ),
+            prefix_cache_hits: counter(
+                "hearth:prefix_cache_hits_total",
+                "Prompt tokens found in the prompt cache (not prefilled again).",
                 &["model"],
             ),
             request_success: counter(

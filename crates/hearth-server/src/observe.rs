@@ -19,6 +19,8 @@ pub struct RequestObserver {
     first_token: Option<Instant>,
     /// When each choice last produced tokens.
     last_token: Vec<Option<Instant>>,
+    /// Each choice's prompt length, as the worker accepted it.
+    accepted_prompt: Vec<usize>,
     done: bool,
 }
 
@@ -36,6 +38,7 @@ impl RequestObserver {
             record,
             first_token: None,
             last_token: vec![None; choices],
+            accepted_prompt: vec![0; choices],
             done: false,
         }
     }
@@ -46,6 +49,11 @@ impl RequestObserver {
             .with_label_values(&[&self.model])
             .inc_by(tokens as u64);
         self.record.fields().prompt_tokens = tokens;
+    }
+
+    /// Each choice's prompt length, as the worker accepted it (for the prefix-cache counts).
+    pub fn accepted(&mut self, per_choice: &[usize]) {
+        self.accepted_prompt = per_choice.to_vec();
     }
 
     pub fn event(&mut self, index: usize, event: &WorkerEvent) {
@@ -73,8 +81,17 @@ impl RequestObserver {
             WorkerEvent::Done {
                 finish_reason,
                 completion_tokens,
-                ..
+                cached_tokens,
             } => {
+                let queried = self.accepted_prompt.get(index).copied().unwrap_or(0);
+                self.metrics
+                    .prefix_cache_queries
+                    .with_label_values(&[&self.model])
+                    .inc_by(queried as u64);
+                self.metrics
+                    .prefix_cache_hits
+                    .with_label_values(&[&self.model])
+                    .inc_by(*cached_tokens as u64);
                 self.metrics
                     .request_success
                     .with_label_values(&[&self.model, finish_reason])
