@@ -9,15 +9,10 @@ table of the streamed time to first token and the `cached_tokens` the server rep
     .venv/bin/python scripts/bench-prompt-cache.py [--turns 10] [--threads 2]
 """
 import argparse
-import pathlib
-import re
-import subprocess
-import threading
 import time
 
-from openai import OpenAI
+from benchserver import serve
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUESTIONS = [
     "Tell me about the history of Paris in a few sentences.",
     "What about its museums?",
@@ -30,25 +25,6 @@ QUESTIONS = [
     "What is a day trip I could take?",
     "Summarise my plan in one paragraph.",
 ]
-
-
-def serve(threads, *extra):
-    process = subprocess.Popen(
-        [str(ROOT / "target/release/hearth"), "serve", "--port", "0", "--threads", str(threads),
-         "--ctx-size", "4096", "--parallel", "2", "--preload",
-         "--model", f"m={ROOT / 'models/SmolLM2-135M-Instruct.Q4_1.gguf'}", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url, ready = [], threading.Event()
-
-    def read():
-        for line in process.stderr:
-            match = re.search(r"listening on (http://\S+)", line)
-            if match and not ready.is_set():
-                url.append(match.group(1) + "/v1")
-                ready.set()
-    threading.Thread(target=read, daemon=True).start()
-    ready.wait(120)
-    return process, OpenAI(base_url=url[0], api_key="unused")
 
 
 def play(client, turns, system="You are a friendly, well-informed travel guide."):
@@ -82,7 +58,7 @@ def main():
     args = parser.parse_args()
     results = {}
     for name, extra in [("cache on", ()), ("cache off", ("--no-prompt-cache",))]:
-        process, client = serve(args.threads, *extra)
+        process, _, client = serve(threads=args.threads, ctx_size=4096, parallel=2, extra=extra)
         try:
             play(client, 2, system="Warm-up.")  # loads and warms; shares no history
             results[name] = play(client, args.turns)

@@ -10,42 +10,17 @@ markdown table.
     .venv/bin/python scripts/bench-tools.py [--model PATH] [--runs 5] [--threads 2]
 """
 import argparse
-import json
 import pathlib
-import re
 import statistics
-import subprocess
-import threading
-import time
 
-from openai import OpenAI
+from benchserver import DEFAULT_MODEL, serve
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
     "parameters": {"type": "object", "properties": {
         "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
         "days": {"type": "integer", "minimum": 1, "maximum": 7}},
         "required": ["city", "unit", "days"]}}}
-
-
-def serve(model, threads):
-    process = subprocess.Popen(
-        [str(ROOT / "target/release/hearth"), "serve", "--port", "0", "--threads", str(threads),
-         "--ctx-size", "2048", "--parallel", "1", "--model", f"m={model}", "--preload"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = []
-    ready = threading.Event()
-
-    def read():
-        for line in process.stderr:
-            match = re.search(r"listening on (http://\S+)", line)
-            if match and not ready.is_set():
-                url.append(match.group(1) + "/v1")
-                ready.set()
-    threading.Thread(target=read, daemon=True).start()
-    ready.wait(120)
-    return process, url[0]
 
 
 def itl(url):
@@ -71,12 +46,11 @@ def decode_rate(client, url, **args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=str(ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    process, url = serve(args.model, args.threads)
-    client = OpenAI(base_url=url, api_key="unused")
+    process, url, client = serve(args.model, args.threads)
     ask = [{"role": "user", "content": "What is the weather in Paris for the next 3 days?"}]
     cases = {
         "free text (no tools)": dict(messages=[{"role": "user", "content": "Describe Paris in detail."}],

@@ -83,6 +83,38 @@ fn check_arguments(name: &str, arguments: &str) {
     }
 }
 
+fn tool_engine(model: &Arc<Model>, parallel: usize) -> Engine {
+    Engine::start(
+        model.clone(),
+        EngineConfig {
+            parallel,
+            context_per_slot: 2048,
+            threads: 2,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The token a text is, when it is exactly one.
+fn single_token(model: &Model, text: &str) -> Option<u32> {
+    match model.tokenize(text, false, true)[..] {
+        [id] => Some(id),
+        _ => None,
+    }
+}
+
+fn call_tools(strict: bool) -> Vec<CallTool> {
+    tools()
+        .iter()
+        .map(|t| CallTool {
+            name: t["function"]["name"].as_str().unwrap().into(),
+            parameters: t["function"]["parameters"].clone(),
+            strict,
+        })
+        .collect()
+}
+
 struct Case {
     template: &'static str,
     bos: &'static str,
@@ -151,28 +183,9 @@ fn run(engine: &Engine, request: GenerationRequest) -> (String, FinishReason) {
 #[test]
 fn every_family_renders_generates_and_parses_schema_valid_calls() {
     let model = tool_model();
-    let engine = Engine::start(
-        model.clone(),
-        EngineConfig {
-            parallel: 4,
-            context_per_slot: 2048,
-            threads: 2,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
-    let single_token = |text: &str| match model.tokenize(text, false, true)[..] {
-        [id] => Some(id),
-        _ => None,
-    };
-    let call_tools: Vec<CallTool> = tools()
-        .iter()
-        .map(|t| CallTool {
-            name: t["function"]["name"].as_str().unwrap().into(),
-            parameters: t["function"]["parameters"].clone(),
-            strict: true,
-        })
-        .collect();
+    let engine = tool_engine(&model, 4);
+    let single_token = |text: &str| single_token(&model, text);
+    let call_tools = call_tools(true);
     for case in CASES {
         let (template, source) = template(case.template, case.bos, case.eos);
         let syntax = ToolSyntax::detect(&source, template.supports_tools());
@@ -268,30 +281,11 @@ fn every_family_renders_generates_and_parses_schema_valid_calls() {
 #[test]
 fn auto_calls_wake_on_a_call_opening_the_reply_and_leave_text_free() {
     let model = tool_model();
-    let engine = Engine::start(
-        model.clone(),
-        EngineConfig {
-            parallel: 1,
-            context_per_slot: 2048,
-            threads: 2,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
-    let single_token = |text: &str| match model.tokenize(text, false, true)[..] {
-        [id] => Some(id),
-        _ => None,
-    };
+    let engine = tool_engine(&model, 1);
+    let single_token = |text: &str| single_token(&model, text);
     let (template, source) = template("qwen25", "", "<|im_end|>");
     let syntax = ToolSyntax::detect(&source, template.supports_tools());
-    let call_tools: Vec<CallTool> = tools()
-        .iter()
-        .map(|t| CallTool {
-            name: t["function"]["name"].as_str().unwrap().into(),
-            parameters: t["function"]["parameters"].clone(),
-            strict: false,
-        })
-        .collect();
+    let call_tools = call_tools(false);
     let names: Vec<String> = call_tools.iter().map(|t| t.name.clone()).collect();
     let format = call_grammar(
         &syntax,

@@ -254,14 +254,19 @@ fn request_cost_is_bounded_before_it_queues() {
 fn unsupported_features_are_refused_by_name() {
     let server = Server::start(&["--parallel", "1"]);
     let tool = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    // Tools themselves are served (SmolLM2 through the generic fallback); what cannot be
+    // honoured is refused by name.
     let cases = [
-        (json!({"tools": tool}), "tools"),
+        (
+            json!({"tools": tool, "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
         (json!({"tools": [{"type": "function"}]}), "tools[0]"),
         (
-            json!({"tools": tool, "tool_choice": "required"}),
+            json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
             "tool_choice",
         ),
-        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"functions": [{"name": "f g"}]}), "functions[0].name"),
         (json!({"function_call": "auto"}), "function_call"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (
