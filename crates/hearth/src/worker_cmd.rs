@@ -289,10 +289,14 @@ impl Worker {
                         Some("messages"),
                     ));
                 };
-                // A template that cannot show tools gets them in a system message of ours.
+                // A template that cannot show tools gets them in a system message of ours —
+                // unless no call may be made (`tool_choice: none`), when telling the model how
+                // to call would only make it write calls that come back as text.
                 let tools = match tools {
                     Some(tools) if !syntax.template_renders_tools => {
-                        add_system_text(&mut messages, &generic_tool_prompt(&tools));
+                        if tool_use.as_ref().is_some_and(ToolUse::calls_possible) {
+                            add_system_text(&mut messages, &generic_tool_prompt(&tools));
+                        }
                         None
                     }
                     tools => tools,
