@@ -42,6 +42,8 @@ pub struct EngineConfig {
     /// Keep finished sequences' KV in their slots and start new requests from the longest
     /// cached prefix of their prompt.
     pub prompt_cache: bool,
+    /// Bytes of host memory for prompt caches moved out of their slots (0: none).
+    pub prompt_cache_ram: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +56,7 @@ impl Default for EngineConfig {
             kv_unified: false,
             cpu_gate: None,
             prompt_cache: true,
+            prompt_cache_ram: 0,
         }
     }
 }

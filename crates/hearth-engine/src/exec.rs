@@ -6,6 +6,7 @@
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 
 use crate::model::Model;
 
@@ -32,6 +33,14 @@ pub trait Backend {
     /// Make `dst` hold a copy of all of `src`'s KV (whole sequences only: llama.cpp asserts
     /// on partial copies across KV streams).
     fn copy(&mut self, src: usize, dst: usize);
+    /// A slot's KV, copied out to host memory (`None` if the backend cannot).
+    fn save(&mut self, slot: usize) -> Option<Self::Snapshot>;
+    /// Replace a slot's KV with a saved one; false if it does not fit.
+    fn restore(&mut self, slot: usize, snapshot: &Self::Snapshot) -> bool;
+    /// Bytes a snapshot holds.
+    fn snapshot_bytes(snapshot: &Self::Snapshot) -> usize;
+    /// What `save` returns.
+    type Snapshot;
 }
 
 /// What the scheduler needs to know about tokens.
@@ -120,6 +129,26 @@ impl Backend for LlamaBackend<'_> {
             tracing::warn!(%e, src, dst, "copying a sequence's KV failed");
         }
     }
+
+    type Snapshot = SeqState;
+
+    fn save(&mut self, slot: usize) -> Option<SeqState> {
+        self.context
+            .state_seq_get(slot as i32, LlamaStateSeqFlags::empty())
+            .inspect_err(|e| tracing::warn!(%e, slot, "saving a sequence's KV failed"))
+            .ok()
+    }
+
+    fn restore(&mut self, slot: usize, snapshot: &SeqState) -> bool {
+        self.context
+            .state_seq_set(snapshot, slot as i32)
+            .inspect_err(|e| tracing::warn!(%e, slot, "restoring a sequence's KV failed"))
+            .is_ok()
+    }
+
+    fn snapshot_bytes(snapshot: &SeqState) -> usize {
+        snapshot.byte_len()
+    }
 }
 
 /// A scripted backend for policy tests: each slot's KV is the list of tokens written at
@@ -140,6 +169,9 @@ pub mod mock {
         logits: Vec<Vec<f32>>,
         /// Make the next decode fail.
         pub fail_next: bool,
+        /// Snapshots taken and restored.
+        pub saves: usize,
+        pub restores: usize,
     }
 
     impl ScriptedBackend {
@@ -204,6 +236,23 @@ pub mod mock {
 
         fn copy(&mut self, src: usize, dst: usize) {
             self.kv[dst] = self.kv[src].clone();
+        }
+
+        type Snapshot = Vec<u32>;
+
+        fn save(&mut self, slot: usize) -> Option<Vec<u32>> {
+            self.saves += 1;
+            Some(self.kv[slot].clone())
+        }
+
+        fn restore(&mut self, slot: usize, snapshot: &Vec<u32>) -> bool {
+            self.restores += 1;
+            self.kv[slot] = snapshot.clone();
+            true
+        }
+
+        fn snapshot_bytes(snapshot: &Vec<u32>) -> usize {
+            snapshot.len() * 4
         }
     }
 

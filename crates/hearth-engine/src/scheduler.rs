@@ -67,6 +67,17 @@ struct SlotCache {
     released_at: u64,
 }
 
+/// A conversation's KV saved in host memory, to be restored into any slot.
+struct HostEntry<S> {
+    tokens: Vec<u32>,
+    snapshot: S,
+    bytes: usize,
+    used_at: u64,
+}
+
+/// Caches shorter than this are not saved to host memory (the copy costs more than it saves).
+const HOST_MIN_TOKENS: usize = 64;
+
 /// A shared prefix at least this long is worth waiting a step for rather than prefilling it
 /// twice.
 const SHARE_PREFILL_TOKENS: usize = 16;
@@ -85,6 +96,14 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     slots: Vec<SlotCache>,
     /// Counts releases, to order caches by age.
     clock: u64,
+    /// Caches moved out of the slots, least recently used first out; at most `host_limit`
+    /// bytes in all.
+    host: Vec<HostEntry<B::Snapshot>>,
+    host_bytes: usize,
+    host_limit: usize,
+    /// Slots a copy was queued into this round: llama.cpp moves the data at the next decode,
+    /// so their KV must not be read (saved) or overwritten (restored) before it.
+    pending: Vec<bool>,
     context_per_slot: usize,
     free_slots: Vec<usize>,
     waiting: VecDeque<Submission>,
@@ -112,6 +131,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             prompt_cache: config.prompt_cache,
             slots: vec![SlotCache::default(); config.parallel],
             clock: 0,
+            host: Vec::new(),
+            host_bytes: 0,
+            host_limit: if config.prompt_cache {
+                config.prompt_cache_ram
+            } else {
+                0
+            },
+            pending: vec![false; config.parallel],
             context_per_slot: config.context_per_slot as usize,
             free_slots: (0..config.parallel).rev().collect(),
             waiting: VecDeque::new(),
@@ -282,6 +309,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             }
         }
         let (reused, source) = best;
+        if let Some(restored) = self.restore_from_host(slot, prompt, reused) {
+            return restored;
+        }
         // Most of the slot's own cache is not what this request needs (chat prompts share
         // their template's opening, little more): keep it in the free slot whose cache
         // matters least (an empty one, else the oldest) rather than lose it.
@@ -292,23 +322,111 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 .copied()
                 .filter(|&v| v != source)
                 .min_by_key(|&v| (!self.slots[v].tokens.is_empty(), self.slots[v].released_at));
-            if let Some(victim) = victim {
-                if self.slots[victim].released_at < self.slots[slot].released_at
-                    || self.slots[victim].tokens.is_empty()
+            match victim {
+                Some(victim)
+                    if self.slots[victim].released_at < self.slots[slot].released_at
+                        || self.slots[victim].tokens.is_empty() =>
                 {
+                    // The older cache it overwrites goes to host memory, if there is room.
+                    self.save_to_host(victim);
                     self.backend.copy(slot, victim);
+                    self.pending[victim] = true;
                     self.slots[victim] = self.slots[slot].clone();
                 }
+                _ => self.save_to_host(slot),
             }
         }
         if reused > 0 && source != slot {
             self.backend.copy(source, slot);
+            self.pending[slot] = true;
         }
         self.backend.remove(slot, reused);
         let tokens = &mut self.slots[slot].tokens;
         tokens.clear();
         tokens.extend_from_slice(&prompt[..reused]);
         reused
+    }
+
+    /// Save a free slot's cache to host memory (evicting the least recently used entries to
+    /// make room), unless it is short, already held there, or has a copy in flight.
+    fn save_to_host(&mut self, slot: usize) {
+        let tokens = &self.slots[slot].tokens;
+        if self.host_limit == 0 || self.pending[slot] || tokens.len() < HOST_MIN_TOKENS {
+            return;
+        }
+        if self.host.iter().any(|e| e.tokens.starts_with(tokens)) {
+            return;
+        }
+        let Some(snapshot) = self.backend.save(slot) else {
+            return;
+        };
+        let bytes = B::snapshot_bytes(&snapshot);
+        if bytes > self.host_limit {
+            return;
+        }
+        // An entry this one extends is superseded.
+        let tokens = tokens.clone();
+        self.host.retain(|e| {
+            let superseded = tokens.starts_with(&e.tokens);
+            if superseded {
+                self.host_bytes -= e.bytes;
+            }
+            !superseded
+        });
+        while self.host_bytes + bytes > self.host_limit {
+            let oldest = (0..self.host.len())
+                .min_by_key(|&i| self.host[i].used_at)
+                .expect("bytes are held, so entries are");
+            let entry = self.host.swap_remove(oldest);
+            self.host_bytes -= entry.bytes;
+        }
+        self.clock += 1;
+        self.host_bytes += bytes;
+        self.host.push(HostEntry {
+            tokens,
+            snapshot,
+            bytes,
+            used_at: self.clock,
+        });
+    }
+
+    /// When host memory holds a longer prefix of `prompt` than any slot (by enough to be
+    /// worth a restore), put it into `slot` — keeping the slot's own cache in host memory
+    /// first — and return how many prompt tokens it covers.
+    fn restore_from_host(&mut self, slot: usize, prompt: &[u32], in_slots: usize) -> Option<usize> {
+        if self.host_limit == 0 || self.pending[slot] {
+            return None;
+        }
+        let limit = prompt.len().saturating_sub(1);
+        let (index, covered) = self
+            .host
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
+            .max_by_key(|&(_, n)| n)?;
+        if covered < in_slots + KEEP_CACHE_TOKENS {
+            return None;
+        }
+        let wanted = self.host[index].tokens.clone();
+        // Used now: saving the slot's own cache must not evict it.
+        self.clock += 1;
+        self.host[index].used_at = self.clock;
+        self.save_to_host(slot);
+        // Saving may have evicted entries: find it again by its tokens.
+        let index = self.host.iter().position(|e| e.tokens == wanted)?;
+        self.backend.remove(slot, 0);
+        if !self.backend.restore(slot, &self.host[index].snapshot) {
+            self.backend.remove(slot, 0);
+            self.slots[slot].tokens.clear();
+            return None;
+        }
+        self.clock += 1;
+        self.host[index].used_at = self.clock;
+        self.backend.remove(slot, covered);
+        let cache = &mut self.slots[slot].tokens;
+        cache.clear();
+        cache.extend_from_slice(&prompt[..covered]);
+        Some(covered)
     }
 
     /// One decode: a token for every running sequence, then prompt chunks up to the batch size.
@@ -368,6 +486,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
         let decoded = self.backend.decode(&self.batch);
+        // Queued copies have been carried out (or the cells are forgotten on failure).
+        self.pending.fill(false);
         drop(turn);
         if let Err(e) = decoded {
             self.fail_batch(&format!("llama.cpp decode failed: {e}"));
@@ -608,6 +728,10 @@ mod tests {
 
     impl Harness {
         fn new(parallel: usize, prompt_cache: bool) -> Harness {
+            Harness::with_host(parallel, prompt_cache, 0)
+        }
+
+        fn with_host(parallel: usize, prompt_cache: bool, host_bytes: usize) -> Harness {
             let config = EngineConfig {
                 parallel,
                 context_per_slot: 512,
@@ -616,6 +740,7 @@ mod tests {
                 kv_unified: false,
                 cpu_gate: None,
                 prompt_cache,
+                prompt_cache_ram: host_bytes,
             };
             let backend = ScriptedBackend::new(parallel, VOCAB);
             Harness {
@@ -767,6 +892,41 @@ mod tests {
         assert_eq!(b_usage.cached_tokens, 64, "the shared system prompt");
         assert_eq!(run_b.lock().unwrap().tokens, cold(&b, 5));
         assert_eq!(run_a.lock().unwrap().tokens, cold(&a, 30));
+    }
+
+    #[test]
+    fn a_conversation_pushed_out_of_every_slot_comes_back_from_host_memory() {
+        let mut h = Harness::with_host(2, true, 1 << 20);
+        let a = prompt(20, 100);
+        let (first, _) = h.generate(&a, 5);
+        for seed in 21..25 {
+            h.generate(&prompt(seed, 100), 5);
+        }
+        assert!(
+            (0..2).all(|s| !h.kv(s).starts_with(&a)),
+            "a is in no slot any more"
+        );
+        assert!(h.scheduler.backend.saves > 0);
+        let (again, cached) = h.generate(&a, 5);
+        assert_eq!(h.scheduler.backend.restores, 1);
+        assert_eq!(cached, 99);
+        assert_eq!(again, first);
+        assert_eq!(again, cold(&a, 5));
+    }
+
+    #[test]
+    fn host_memory_keeps_within_its_bound_least_recently_used_out() {
+        // Room for two saved conversations of 104 tokens (4 bytes a token in the mock).
+        let mut h = Harness::with_host(1, true, 2 * 104 * 4 + 10);
+        let conversations: Vec<Vec<u32>> = (30..35).map(|seed| prompt(seed, 100)).collect();
+        for c in &conversations {
+            h.generate(c, 5);
+        }
+        assert!(h.scheduler.host_bytes <= 2 * 104 * 4 + 10);
+        assert_eq!(h.scheduler.host.len(), 2);
+        // The oldest were evicted; the one before the last (saved last) comes back.
+        assert!(h.generate(&conversations[0], 5).1 < 64);
+        assert_eq!(h.generate(&conversations[3], 5).1, 99);
     }
 
     #[test]

@@ -479,6 +479,7 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
             kv_unified: false,
             cpu_gate: None,
             prompt_cache: false,
+            prompt_cache_ram: 0,
         },
     )
     .unwrap();
@@ -531,4 +532,21 @@ fn choices_of_one_prompt_share_its_prefill_and_match_a_lone_run() {
     for output in &outputs {
         assert_eq!(output.tokens, alone.tokens);
     }
+}
+
+#[test]
+fn a_conversation_restored_from_host_memory_answers_as_cold() {
+    // One slot: every other conversation pushes this one out to host memory.
+    let engine = engine(1);
+    let question = "Here is a long question so that the prompt is worth saving: which three \
+                    rivers of Europe are the longest, through which countries does each flow, \
+                    and what is one thing worth knowing about each of them?";
+    let x = chat_prompt(question);
+    assert!(x.len() >= 64, "{}", x.len());
+    let first = generate(&engine, greedy(x.clone(), 16));
+    let other = chat_prompt(&question.replace("rivers", "mountains"));
+    generate(&engine, greedy(other, 16));
+    let restored = generate(&engine, greedy(x.clone(), 16));
+    assert_eq!(restored.usage.cached_tokens, x.len() - 1);
+    assert_eq!(restored.tokens, first.tokens);
 }

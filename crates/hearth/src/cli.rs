@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// Do not keep finished sequences' KV as a prompt cache (every prompt is read in full).
     #[arg(long, env = "HEARTH_NO_PROMPT_CACHE")]
     pub no_prompt_cache: bool,
+    /// MiB of host memory per worker for prompt caches moved out of their slots, restored
+    /// when a conversation returns [default: by RAM: 256 under 8 GiB, 1024 under 32, else
+    /// 4096; 0 disables].
+    #[arg(long, env = "HEARTH_PROMPT_CACHE_RAM")]
+    pub prompt_cache_ram: Option<usize>,
     /// Workers take turns decoding: `auto` does when their threads together could exceed
     /// the CPU's cores (several models loaded at once).
     #[arg(long, value_enum, default_value_t = CpuGateMode::Auto, env = "HEARTH_CPU_GATE")]
@@ -241,6 +246,9 @@ pub struct WorkerArgs {
     pub kv_unified: bool,
     #[arg(long)]
     pub no_prompt_cache: bool,
+    /// MiB of host memory for saved prompt caches.
+    #[arg(long, default_value_t = 0)]
+    pub prompt_cache_ram: usize,
     /// Lock file shared by workers that must take turns decoding.
     #[arg(long)]
     pub cpu_gate: Option<PathBuf>,

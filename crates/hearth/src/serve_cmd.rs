@@ -65,6 +65,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             grammar_cache_size: args.grammar_cache_size,
             kv_unified: args.kv_unified,
             no_prompt_cache: args.no_prompt_cache,
+            prompt_cache_ram_mib: args
+                .prompt_cache_ram
+                .unwrap_or_else(default_prompt_cache_ram),
             cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),
@@ -308,6 +311,23 @@ fn print_banner(addr: std::net::SocketAddr, model: &str) {
          \x20 python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}\", api_key=\"none\"); \
          print(c.chat.completions.create(model=\"default\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}]).choices[0].message.content)'\n"
     );
+}
+
+/// Host memory for saved prompt caches, per worker, by the machine's RAM.
+fn default_prompt_cache_ram() -> usize {
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        })
+        .map_or(0, |kib| kib / 1024);
+    match total_mib {
+        0..8192 => 256,
+        8192..32768 => 1024,
+        _ => 4096,
+    }
 }
 
 #[cfg(test)]

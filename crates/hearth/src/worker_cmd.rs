@@ -153,6 +153,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
         kv_unified: args.kv_unified,
         prompt_cache: !args.no_prompt_cache,
+        prompt_cache_ram: args.prompt_cache_ram << 20,
         cpu_gate: args.cpu_gate.clone(),
         ..EngineConfig::default()
     };

@@ -82,6 +82,7 @@ fn completions_equal_the_engines_greedy_output() {
             kv_unified: false,
             cpu_gate: None,
             prompt_cache: true,
+            prompt_cache_ram: 0,
         },
     )
     .unwrap();

@@ -43,6 +43,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             kv_unified: false,
             cpu_gate: None,
             prompt_cache: true,
+            prompt_cache_ram: 64 << 20,
         },
     )
     .unwrap()
