@@ -67,7 +67,7 @@ pub struct LazyGrammar {
     /// or `{` then `"name"` opening the reply).
     pub opener: Vec<String>,
     /// Only as the first thing in the reply (after whitespace, and after a think block);
-    /// else anywhere (a marker: one part).
+    /// else anywhere (a marker: exactly one part).
     pub at_start: bool,
     /// Lark grammar of what follows the opener.
     pub grammar: String,
@@ -443,10 +443,10 @@ impl Waiting {
                     _ => None,
                 }
             } else {
-                // A marker, found where this token could have completed it.
-                let opener = lazy.opener.concat();
+                // A marker (one part), found where this token could have completed it.
+                let opener = lazy.opener.first().map_or(&[][..], |o| o.as_bytes());
                 let from = before.saturating_sub(opener.len());
-                find(&self.text[from..], opener.as_bytes()).map(|at| from + at + opener.len())
+                find(&self.text[from..], opener).map(|at| from + at + opener.len())
             };
             if let Some(end) = end {
                 fired = Some((i, end));

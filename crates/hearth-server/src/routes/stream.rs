@@ -162,6 +162,7 @@ struct Driver<F> {
 }
 
 pub fn sse<F: ChunkFormat>(started: Started, format: F, include_usage: bool) -> Response {
+    let choices = started.choices();
     let driver = Driver {
         started,
         format,
@@ -170,7 +171,7 @@ pub fn sse<F: ChunkFormat>(started: Started, format: F, include_usage: bool) -> 
         opened: false,
         finished: false,
         completion_tokens: 0,
-        cached: Vec::new(),
+        cached: vec![0; choices],
     };
     let stream = futures_util::stream::unfold(driver, |mut driver| async move {
         driver
@@ -254,9 +255,6 @@ impl<F: ChunkFormat> Driver<F> {
                 cached_tokens,
             } => {
                 self.completion_tokens += completion_tokens;
-                if self.cached.len() <= index {
-                    self.cached.resize(index + 1, 0);
-                }
                 self.cached[index] = cached_tokens;
                 let chunk = self.format.finish(index, &finish_reason);
                 self.push(chunk);
