@@ -1,9 +1,14 @@
-"""Start `hearth serve` for a benchmark script and return its OpenAI client."""
+"""Start `hearth serve` (or a peer, llama.cpp's `llama-server`) for a benchmark script and return
+its OpenAI client."""
+import collections
 import pathlib
 import re
+import socket
 import subprocess
 import threading
+import time
 
+import httpx
 from openai import OpenAI
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,3 +35,39 @@ def serve(model=DEFAULT_MODEL, threads=2, ctx_size=2048, parallel=1, extra=()):
         process.kill()
         raise RuntimeError("hearth did not start")
     return process, url[0], OpenAI(base_url=url[0], api_key="unused")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_llama(binary, model=DEFAULT_MODEL, threads=2, parallel=1, ctx_size=2048, extra=()):
+    """(process, base_url, client) for llama.cpp's `llama-server`, model id "m".
+
+    `ctx_size` is per slot, as hearth's `--ctx-size`; llama-server's `-c` is the total across
+    its `-np` slots (with an explicit `-np` its KV is not unified), so it gets ctx_size * parallel.
+    Slot prompt caches stay on (its default); `--cache-reuse 0` turns off KV shifting reuse.
+    Waits for `GET /health` to answer 200."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(binary), "-m", str(model), "--alias", "m", "--host", "127.0.0.1",
+         "--port", str(port), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
+         "-c", str(ctx_size * parallel), "--cache-reuse", "0", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = collections.deque(maxlen=40)
+    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("llama-server exited:\n" + "".join(log))
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return process, base + "/v1", OpenAI(base_url=base + "/v1", api_key="unused")
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("llama-server did not become healthy:\n" + "".join(log))

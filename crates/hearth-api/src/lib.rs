@@ -9,10 +9,12 @@ pub mod format;
 pub mod logprobs;
 pub mod models;
 pub mod params;
+pub mod priority;
 pub mod tools;
 
 pub use error::ApiError;
 pub use params::{GenerationParams, StopSpec};
+pub use priority::Priority;
 
 /// Parse a JSON request body; a type error names the parameter it is about.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub prompt_cache: bool,
     /// Bytes of host memory for prompt caches moved out of their slots (0: none).
     pub prompt_cache_ram: usize,
+    /// A waiting high-priority request pauses the newest lowest-priority sequence when
+    /// every slot is busy (its KV waits in host memory; it resumes where it was).
+    pub preemption: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             cpu_gate: None,
             prompt_cache: true,
             prompt_cache_ram: 0,
+            preemption: true,
         }
     }
 }
@@ -76,6 +80,14 @@ pub struct EngineStats {
     /// KV cells in use across all slots.
     pub kv_used: AtomicUsize,
     pub steps: AtomicU64,
+    /// Sequences paused for high-priority ones, now and in all.
+    pub paused: AtomicUsize,
+    pub preemptions: AtomicU64,
+    /// Prompt caches saved in host memory.
+    pub host_cache_bytes: AtomicUsize,
+    pub host_cache_entries: AtomicUsize,
+    /// Tokens each slot's KV holds (a running sequence's, or a free slot's cache).
+    pub slot_tokens: std::sync::Mutex<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +99,11 @@ pub struct StatsSnapshot {
     pub kv_capacity: usize,
     /// Engine steps taken so far: a running request with no new steps is stuck.
     pub steps: u64,
+    pub paused: usize,
+    pub preemptions: u64,
+    pub host_cache_bytes: usize,
+    pub host_cache_entries: usize,
+    pub slot_tokens: Vec<usize>,
 }
 
 /// A validated request with its compiled constraint, ready to submit.
@@ -273,6 +290,16 @@ impl Engine {
             kv_used: self.stats.kv_used.load(Ordering::Relaxed),
             kv_capacity: self.config.parallel * self.config.context_per_slot as usize,
             steps: self.stats.steps.load(Ordering::Relaxed),
+            paused: self.stats.paused.load(Ordering::Relaxed),
+            preemptions: self.stats.preemptions.load(Ordering::Relaxed),
+            host_cache_bytes: self.stats.host_cache_bytes.load(Ordering::Relaxed),
+            host_cache_entries: self.stats.host_cache_entries.load(Ordering::Relaxed),
+            slot_tokens: self
+                .stats
+                .slot_tokens
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -24,7 +24,9 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo};
-pub use request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
+pub use request::{
+    Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
+};
 pub use sampling::{SamplingParams, TokenLogprobs};
 pub use structured::{
     Constraint, GrammarCompiler, LazyGrammar, OutputFormat, GRAMMAR_CACHE_CAPACITY,

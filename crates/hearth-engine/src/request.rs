@@ -1,5 +1,6 @@
 //! What goes into the engine (a request) and what comes out (events).
 
+pub use hearth_api::Priority;
 use serde::{Deserialize, Serialize};
 
 use crate::sampling::{SamplingParams, TokenLogprobs};
@@ -21,6 +22,10 @@ pub struct GenerationRequest {
     /// Constrain the output to JSON (grammar-masked decoding).
     #[serde(default)]
     pub format: Option<OutputFormat>,
+    /// Waiting requests run in priority order; with pre-emption on, a high one pauses the
+    /// newest lowest-priority sequence when every slot is busy.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use crate::cpu_gate::CpuGate;
 use crate::detok::Utf8Decoder;
 use crate::engine::{EngineConfig, EngineStats, EventSink};
 use crate::exec::{Backend, BatchEntry, Vocabulary};
-use crate::request::{Event, FinishReason, GeneratedToken, GenerationRequest, RequestId, Usage};
+use crate::request::{
+    Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
+};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::structured::Constraint;
@@ -35,6 +37,7 @@ pub(crate) struct Submission {
 /// A sequence that owns a slot (a llama.cpp sequence id and its KV cells).
 struct Sequence {
     id: RequestId,
+    priority: Priority,
     slot: usize,
     prompt: Vec<u32>,
     /// Prompt tokens already in the KV cache.
@@ -65,6 +68,13 @@ struct SlotCache {
     tokens: Vec<u32>,
     /// When the slot was last released (a counter): the oldest cache is evicted first.
     released_at: u64,
+}
+
+/// A sequence paused for a high-priority one: everything it was doing, and its KV in host
+/// memory (`None`: it had none yet), until a slot frees.
+struct Paused<S> {
+    seq: Sequence,
+    snapshot: Option<S>,
 }
 
 /// A conversation's KV saved in host memory, to be restored into any slot.
@@ -101,13 +111,19 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     host: Vec<HostEntry<B::Snapshot>>,
     host_bytes: usize,
     host_limit: usize,
-    /// Slots a copy was queued into this round: llama.cpp moves the data at the next decode,
-    /// so their KV must not be read (saved) or overwritten (restored) before it.
+    /// Slots a copy was queued into or out of this round: llama.cpp moves the data at the
+    /// next decode, so their KV must not be saved (a destination's is not there yet) or
+    /// overwritten by a restore (a source's is still to be read) before it.
     pending: Vec<bool>,
     context_per_slot: usize,
     free_slots: Vec<usize>,
     waiting: VecDeque<Submission>,
     running: Vec<Sequence>,
+    /// A waiting high-priority request may pause lower-priority sequences
+    /// (`EngineConfig::preemption`).
+    preemption: bool,
+    /// Paused sequences, in the order they were paused.
+    paused: Vec<Paused<B::Snapshot>>,
     stats: Arc<EngineStats>,
     cpu_gate: Option<CpuGate>,
 }
@@ -143,6 +159,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             free_slots: (0..config.parallel).rev().collect(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            preemption: config.preemption,
+            paused: Vec::new(),
             stats,
             cpu_gate: config.cpu_gate.as_deref().and_then(|path| {
                 CpuGate::open(path)
@@ -155,7 +173,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
         loop {
             // Block only when there is nothing to do; otherwise take what has arrived.
-            if self.running.is_empty() && self.waiting.is_empty() {
+            if self.running.is_empty() && self.waiting.is_empty() && self.paused.is_empty() {
                 match inbox.recv() {
                     Ok(command) => {
                         if !self.handle(command) {
@@ -219,6 +237,15 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             });
             self.release(seq, true);
         }
+        if let Some(at) = self.paused.iter().position(|p| p.seq.id == id) {
+            // Its snapshot goes with it; it holds no slot.
+            let mut seq = self.paused.remove(at).seq;
+            let usage = usage_of(&seq);
+            (seq.sink)(Event::Done {
+                finish_reason: FinishReason::Cancelled,
+                usage,
+            });
+        }
     }
 
     /// Move waiting requests into free slots, first come first served. A request whose
@@ -226,18 +253,35 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// (a step or two) and then copies it: the `n` choices of a prompt, or requests with one
     /// system prompt, read it once.
     fn admit(&mut self) {
-        while !self.free_slots.is_empty() {
-            let Some(front) = self.waiting.front() else {
+        loop {
+            // Next in line: the first waiting request of the highest priority, unless a
+            // paused sequence of at least that priority is owed a slot (it came first).
+            let next = (0..self.waiting.len()).min_by_key(|&i| self.waiting[i].request.priority);
+            let paused = (0..self.paused.len()).min_by_key(|&i| self.paused[i].seq.priority);
+            if let Some(at) = paused {
+                let priority = self.paused[at].seq.priority;
+                if next.is_none_or(|i| priority <= self.waiting[i].request.priority) {
+                    if !self.resume(at) {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let Some(at) = next else {
                 break;
             };
-            if self.prompt_cache && self.prefilling_shared(&front.request.prompt) {
+            let priority = self.waiting[at].request.priority;
+            if self.free_slots.is_empty() && !self.preempt_for(priority) {
                 break;
             }
-            let Some(submission) = self.waiting.pop_front() else {
+            if self.prompt_cache && self.prefilling_shared(&self.waiting[at].request.prompt) {
+                break;
+            }
+            let Some(submission) = self.waiting.remove(at) else {
                 break;
             };
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let slot = self.free_slots.pop().expect("checked non-empty");
+            let slot = self.free_slots.pop().expect("a slot is free or was freed");
             let Submission {
                 id,
                 request,
@@ -250,6 +294,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             let sampler = Sampler::new(request.sampling, &request.prompt, self.vocab.vocab_size());
             self.running.push(Sequence {
                 id,
+                priority: request.priority,
                 slot,
                 prompt: request.prompt,
                 prefilled: cached,
@@ -267,6 +312,79 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 logits_at: None,
             });
         }
+    }
+
+    /// Make a slot free for a waiting `priority` request by pausing the newest sequence of
+    /// the lowest priority below it (only `high` requests pre-empt). The paused sequence's
+    /// KV is saved to host memory — a copy of the cells, so it resumes exactly where it
+    /// was; recomputing them instead would cost a prefill (seconds on a CPU for what the
+    /// copy does in milliseconds) and could change its tokens. False if nothing may be
+    /// paused now.
+    fn preempt_for(&mut self, priority: Priority) -> bool {
+        if !self.preemption || priority != Priority::High {
+            return false;
+        }
+        let victim = (0..self.running.len())
+            .filter(|&i| {
+                let seq = &self.running[i];
+                seq.priority > priority && !self.pending[seq.slot]
+            })
+            .max_by_key(|&i| (self.running[i].priority, self.running[i].id));
+        let Some(at) = victim else {
+            return false;
+        };
+        let slot = self.running[at].slot;
+        let snapshot = if self.running[at].position == 0 {
+            None
+        } else {
+            match self.backend.save(slot) {
+                Some(snapshot) => Some(snapshot),
+                None => return false,
+            }
+        };
+        let seq = self.running.swap_remove(at);
+        tracing::debug!(id = seq.id, slot, "paused for a high-priority request");
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        // The slot keeps the paused sequence's cells as a cache until it is reused.
+        self.keep_cache(&seq, true);
+        self.free(seq.slot);
+        self.paused.push(Paused { seq, snapshot });
+        true
+    }
+
+    /// Put the `at`-th paused sequence back into a free slot, its KV restored. False if no
+    /// slot can take it now.
+    fn resume(&mut self, at: usize) -> bool {
+        let Some(slot) = self
+            .free_slots
+            .iter()
+            .rev()
+            .copied()
+            .find(|&s| !self.pending[s])
+        else {
+            return false;
+        };
+        let Paused { mut seq, snapshot } = self.paused.remove(at);
+        self.free_slots.retain(|&s| s != slot);
+        // Whatever the slot held is worth keeping in host memory if it is long.
+        self.save_to_host(slot);
+        self.backend.remove(slot, 0);
+        self.slots[slot].tokens.clear();
+        if let Some(snapshot) = &snapshot {
+            if !self.backend.restore(slot, snapshot) {
+                self.backend.remove(slot, 0);
+                self.free(slot);
+                tracing::error!(id = seq.id, "a paused sequence could not be restored");
+                report(
+                    &mut seq,
+                    "the sequence was paused for a high-priority request and could not be resumed",
+                );
+                return true;
+            }
+        }
+        seq.slot = slot;
+        self.running.push(seq);
+        true
     }
 
     /// A running sequence is still reading a prefix of at least `SHARE_PREFILL_TOKENS` that
@@ -330,6 +448,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                     // The older cache it overwrites goes to host memory, if there is room.
                     self.save_to_host(victim);
                     self.backend.copy(slot, victim);
+                    self.pending[slot] = true;
                     self.pending[victim] = true;
                     self.slots[victim] = self.slots[slot].clone();
                 }
@@ -338,6 +457,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         if reused > 0 && source != slot {
             self.backend.copy(source, slot);
+            self.pending[source] = true;
             self.pending[slot] = true;
         }
         self.backend.remove(slot, reused);
@@ -565,6 +685,12 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// the prompt so far, then the generated tokens) unless `keep` is false (a failed
     /// decode leaves the cells unknown) or the cache is off.
     fn release(&mut self, seq: Sequence, keep: bool) {
+        self.keep_cache(&seq, keep);
+        self.free(seq.slot);
+    }
+
+    /// Record what `seq`'s slot holds as its prompt cache (or empty it).
+    fn keep_cache(&mut self, seq: &Sequence, keep: bool) {
         self.clock += 1;
         self.slots[seq.slot].released_at = self.clock;
         let cache = &mut self.slots[seq.slot].tokens;
@@ -579,7 +705,10 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         } else {
             self.backend.remove(seq.slot, 0);
         }
-        self.free_slots.push(seq.slot);
+    }
+
+    fn free(&mut self, slot: usize) {
+        self.free_slots.push(slot);
         // Highest first, so `pop` hands out the lowest free slot: running slots stay packed
         // (see `step`).
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
@@ -591,6 +720,22 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .store(self.running.len(), Ordering::Relaxed);
         let kv: usize = self.running.iter().map(|s| s.position).sum();
         self.stats.kv_used.store(kv, Ordering::Relaxed);
+        self.stats
+            .paused
+            .store(self.paused.len(), Ordering::Relaxed);
+        self.stats
+            .host_cache_bytes
+            .store(self.host_bytes, Ordering::Relaxed);
+        self.stats
+            .host_cache_entries
+            .store(self.host.len(), Ordering::Relaxed);
+        if let Ok(mut slots) = self.stats.slot_tokens.lock() {
+            slots.clear();
+            slots.extend(self.slots.iter().map(|s| s.tokens.len()));
+            for seq in &self.running {
+                slots[seq.slot] = seq.position;
+            }
+        }
     }
 
     fn shutdown(&mut self) {
@@ -599,6 +744,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         for mut submission in std::mem::take(&mut self.waiting) {
             (submission.sink)(Event::Error("the engine is shutting down".into()));
+        }
+        for mut paused in std::mem::take(&mut self.paused) {
+            (paused.seq.sink)(Event::Error("the engine is shutting down".into()));
         }
         self.stats.running.store(0, Ordering::Relaxed);
         self.stats.waiting.store(0, Ordering::Relaxed);
@@ -741,6 +889,7 @@ mod tests {
                 cpu_gate: None,
                 prompt_cache,
                 prompt_cache_ram: host_bytes,
+                preemption: true,
             };
             let backend = ScriptedBackend::new(parallel, VOCAB);
             Harness {
@@ -750,6 +899,15 @@ mod tests {
         }
 
         fn submit(&mut self, prompt: &[u32], max_tokens: usize) -> (RequestId, Shared) {
+            self.submit_with(prompt, max_tokens, Priority::Normal)
+        }
+
+        fn submit_with(
+            &mut self,
+            prompt: &[u32],
+            max_tokens: usize,
+            priority: Priority,
+        ) -> (RequestId, Shared) {
             let run: Shared = Arc::default();
             let out = run.clone();
             let sink: EventSink = Box::new(move |event| {
@@ -771,6 +929,7 @@ mod tests {
                     max_tokens: Some(max_tokens),
                     stop: vec![],
                     format: None,
+                    priority,
                 },
                 constraint: None,
                 sink,
@@ -785,7 +944,10 @@ mod tests {
 
         fn run_until_idle(&mut self) {
             for _ in 0..10_000 {
-                if self.scheduler.running.is_empty() && self.scheduler.waiting.is_empty() {
+                if self.scheduler.running.is_empty()
+                    && self.scheduler.waiting.is_empty()
+                    && self.scheduler.paused.is_empty()
+                {
                     return;
                 }
                 self.step();
@@ -984,5 +1146,151 @@ mod tests {
         off.generate(&p, 3);
         assert!(off.kv(0).is_empty());
         assert_eq!(off.generate(&p, 3).1, 0);
+    }
+
+    fn tokens(run: &Shared) -> Vec<u32> {
+        run.lock().unwrap().tokens.clone()
+    }
+
+    fn running_ids(h: &Harness) -> Vec<RequestId> {
+        let mut ids: Vec<_> = h.scheduler.running.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn a_high_request_pauses_the_newest_low_one_which_resumes_exactly() {
+        let (a, b, urgent) = (prompt(1, 40), prompt(2, 40), prompt(3, 30));
+        let mut h = Harness::new(2, true);
+        let (a_id, run_a) = h.submit_with(&a, 24, Priority::Low);
+        let (b_id, run_b) = h.submit_with(&b, 24, Priority::Low);
+        for _ in 0..5 {
+            h.step();
+        }
+        let (high_id, run_high) = h.submit_with(&urgent, 8, Priority::High);
+        h.step();
+        assert_eq!(running_ids(&h), vec![a_id, high_id]);
+        assert_eq!(h.scheduler.paused.len(), 1);
+        assert_eq!(
+            h.scheduler.paused[0].seq.id, b_id,
+            "the newer low sequence is paused"
+        );
+        let so_far = tokens(&run_b).len();
+        assert!(so_far > 0);
+        for _ in 0..3 {
+            h.step();
+        }
+        assert_eq!(
+            tokens(&run_b).len(),
+            so_far,
+            "a paused sequence produces nothing"
+        );
+        h.run_until_idle();
+        // Every sequence's tokens are those of an uninterrupted run (the scripted model's
+        // next token is a hash of the slot's whole KV: a wrong restore changes them).
+        assert_eq!(tokens(&run_b), cold(&b, 24));
+        assert_eq!(tokens(&run_a), cold(&a, 24));
+        assert_eq!(tokens(&run_high), cold(&urgent, 8));
+        assert!(run_b.lock().unwrap().usage.is_some());
+        assert_eq!(h.scheduler.free_slots.len(), 2);
+        assert_eq!(h.scheduler.stats.preemptions.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_paused_sequence_resumes_before_later_arrivals_of_its_priority() {
+        let mut h = Harness::new(1, true);
+        let (_, run_low) = h.submit_with(&prompt(1, 20), 12, Priority::Low);
+        h.step();
+        h.step();
+        let (_, run_high) = h.submit_with(&prompt(2, 20), 4, Priority::High);
+        let (late_id, run_late) = h.submit_with(&prompt(3, 20), 4, Priority::Low);
+        h.step();
+        assert_eq!(h.scheduler.paused.len(), 1);
+        while run_high.lock().unwrap().usage.is_none() {
+            h.step();
+        }
+        h.step();
+        assert!(
+            !running_ids(&h).contains(&late_id),
+            "the later low request went first"
+        );
+        h.run_until_idle();
+        assert_eq!(tokens(&run_low), cold(&prompt(1, 20), 12));
+        assert_eq!(tokens(&run_late), cold(&prompt(3, 20), 4));
+    }
+
+    #[test]
+    fn only_high_requests_preempt_and_only_lower_priorities() {
+        // Normal does not pause low; high does not pause high.
+        let mut h = Harness::new(1, true);
+        let (low_id, _) = h.submit_with(&prompt(1, 10), 30, Priority::Low);
+        h.step();
+        h.submit_with(&prompt(2, 10), 4, Priority::Normal);
+        h.step();
+        assert_eq!(running_ids(&h), vec![low_id]);
+        assert!(h.scheduler.paused.is_empty());
+
+        let mut h = Harness::new(1, true);
+        let (first, _) = h.submit_with(&prompt(1, 10), 30, Priority::High);
+        h.step();
+        h.submit_with(&prompt(2, 10), 4, Priority::High);
+        h.step();
+        assert_eq!(running_ids(&h), vec![first]);
+
+        // The lowest priority goes first, however new the others are.
+        let mut h = Harness::new(2, true);
+        let (low_id, _) = h.submit_with(&prompt(1, 10), 30, Priority::Low);
+        let (normal_id, _) = h.submit_with(&prompt(2, 10), 30, Priority::Normal);
+        h.step();
+        let (high_id, _) = h.submit_with(&prompt(3, 10), 4, Priority::High);
+        h.step();
+        assert_eq!(running_ids(&h), vec![normal_id, high_id]);
+        assert_eq!(h.scheduler.paused[0].seq.id, low_id);
+
+        // Off: the high request waits.
+        let mut h = Harness::new(1, true);
+        h.scheduler.preemption = false;
+        let (low_id, _) = h.submit_with(&prompt(1, 10), 30, Priority::Low);
+        h.step();
+        h.submit_with(&prompt(2, 10), 4, Priority::High);
+        h.step();
+        assert_eq!(running_ids(&h), vec![low_id]);
+        assert!(h.scheduler.paused.is_empty());
+    }
+
+    #[test]
+    fn a_sequence_cancelled_while_paused_ends_and_leaks_nothing() {
+        let mut h = Harness::new(1, true);
+        let (low_id, run_low) = h.submit_with(&prompt(1, 20), 30, Priority::Low);
+        h.step();
+        h.step();
+        let (_, run_high) = h.submit_with(&prompt(2, 20), 6, Priority::High);
+        h.step();
+        assert_eq!(h.scheduler.paused.len(), 1);
+        h.scheduler.handle(Command::Cancel(low_id));
+        assert!(h.scheduler.paused.is_empty());
+        let usage = run_low.lock().unwrap().usage.expect("a Done event");
+        assert_eq!(usage.completion_tokens, tokens(&run_low).len());
+        h.run_until_idle();
+        assert_eq!(tokens(&run_high), cold(&prompt(2, 20), 6));
+        assert_eq!(h.scheduler.free_slots.len(), 1);
+        h.scheduler.publish_stats();
+        assert_eq!(h.scheduler.stats.paused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_sequence_paused_mid_prefill_finishes_its_prompt_after() {
+        // A 200-token prompt takes several 64-token steps; pause it in the middle.
+        let long = prompt(1, 200);
+        let mut h = Harness::new(1, true);
+        let (_, run_low) = h.submit_with(&long, 10, Priority::Low);
+        h.step();
+        assert!(h.scheduler.running[0].prefilled < long.len());
+        let (_, run_high) = h.submit_with(&prompt(2, 20), 5, Priority::High);
+        h.run_until_idle();
+        assert_eq!(tokens(&run_high), cold(&prompt(2, 20), 5));
+        assert_eq!(tokens(&run_low), cold(&long, 10));
+        let usage = run_low.lock().unwrap().usage.unwrap();
+        assert_eq!(usage.prompt_tokens, 200);
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hearth_engine::{
-    EngineError, Event, FinishReason, GenerationRequest, LoadOptions, Model, SamplingParams,
+    EngineError, Event, FinishReason, GenerationRequest, LoadOptions, Model, Priority,
+    SamplingParams,
 };
 
 #[test]
@@ -115,8 +116,7 @@ fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
             ..SamplingParams::default()
         },
         max_tokens: Some(32),
-        stop: vec![],
-        format: None,
+        ..GenerationRequest::default()
     };
     let a = generate(&engine, sampled(11));
     let b = generate(&engine, sampled(11));
@@ -480,6 +480,7 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
             cpu_gate: None,
             prompt_cache: false,
             prompt_cache_ram: 0,
+            preemption: true,
         },
     )
     .unwrap();
@@ -549,4 +550,54 @@ fn a_conversation_restored_from_host_memory_answers_as_cold() {
     let restored = generate(&engine, greedy(x.clone(), 16));
     assert_eq!(restored.usage.cached_tokens, x.len() - 1);
     assert_eq!(restored.tokens, first.tokens);
+}
+
+/// A low-priority sequence paused for a high-priority one (its KV saved to host memory and
+/// restored) goes on exactly as if it had never stopped.
+#[test]
+fn a_preempted_sequence_resumes_token_identical_to_an_uninterrupted_run() {
+    let no_eog = model()
+        .info()
+        .eog_tokens
+        .iter()
+        .map(|&t| (t, -100.0))
+        .collect();
+    let low = GenerationRequest {
+        sampling: SamplingParams {
+            logit_bias: no_eog,
+            ..SamplingParams::greedy()
+        },
+        priority: Priority::Low,
+        ..greedy(
+            chat_prompt("Write a long story about a lighthouse keeper."),
+            120,
+        )
+    };
+    let alone = generate(&engine(1), low.clone());
+
+    let engine = engine(1);
+    let background = engine.submit(low).unwrap();
+    // Let it write a few tokens, then send the urgent request.
+    let mut early = Vec::new();
+    while early.len() < 3 {
+        early.push(background.events.recv().unwrap());
+    }
+    let urgent = engine
+        .submit(GenerationRequest {
+            priority: Priority::High,
+            ..greedy(chat_prompt("What is 2 + 2?"), 8)
+        })
+        .unwrap();
+    let urgent = collect(urgent.events);
+    assert_eq!(urgent.usage.completion_tokens, 8);
+    let resumed = collect(early.into_iter().chain(background.events));
+    assert_eq!(
+        engine.stats().preemptions,
+        1,
+        "the low sequence was not paused"
+    );
+    assert_eq!(resumed.tokens, alone.tokens);
+    assert_eq!(resumed.text, alone.text);
+    assert_eq!(resumed.finish_reason, FinishReason::Length);
+    assert_eq!(engine.stats().paused, 0);
 }

@@ -238,6 +238,7 @@ fn every_family_renders_generates_and_parses_schema_valid_calls() {
                     max_tokens: Some(400),
                     stop: vec![],
                     format: Some(format.clone()),
+                    ..GenerationRequest::default()
                 };
                 let (reply, finish) = run(&engine, request);
                 let what = format!("{} {mode:?} t={temperature}: {reply:?}", case.template);
@@ -323,6 +324,7 @@ fn auto_calls_wake_on_a_call_opening_the_reply_and_leave_text_free() {
             max_tokens: Some(200),
             stop: vec![],
             format: Some(format.clone()),
+            ..GenerationRequest::default()
         },
     );
     assert_eq!(finish, FinishReason::Stop, "{reply:?}");
@@ -344,6 +346,7 @@ fn auto_calls_wake_on_a_call_opening_the_reply_and_leave_text_free() {
             max_tokens: Some(40),
             stop: vec![],
             format: Some(format),
+            ..GenerationRequest::default()
         },
     );
     assert_eq!(finish, FinishReason::Stop, "{reply:?}");

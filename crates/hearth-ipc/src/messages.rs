@@ -2,7 +2,7 @@
 
 use hearth_api::logprobs::TokenOutput;
 use hearth_api::tools::{ToolCallDelta, ToolUse};
-use hearth_api::{ApiError, GenerationParams};
+use hearth_api::{ApiError, GenerationParams, Priority};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -33,6 +33,9 @@ pub enum ToWorker {
         /// Shared with the request that keeps it for a retry (serialised as the value).
         prompt: Arc<PromptSpec>,
         choices: Vec<GenerationParams>,
+        /// The request's `X-Priority`: a high one may pause lower-priority sequences.
+        #[serde(default)]
+        priority: Priority,
     },
     Cancel {
         id: u64,
@@ -56,7 +59,7 @@ pub struct WorkerReady {
     pub size_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub running: usize,
     pub waiting: usize,
@@ -69,6 +72,19 @@ pub struct WorkerStatus {
     /// Engine steps so far; unchanged while requests run means the engine is stuck.
     #[serde(default)]
     pub steps: u64,
+    /// Sequences paused for high-priority ones now, and pauses so far.
+    #[serde(default)]
+    pub paused: usize,
+    #[serde(default)]
+    pub preemptions: u64,
+    /// Prompt caches in host memory.
+    #[serde(default)]
+    pub host_cache_bytes: usize,
+    #[serde(default)]
+    pub host_cache_entries: usize,
+    /// Tokens of KV each slot holds (running or cached), by slot.
+    #[serde(default)]
+    pub slot_tokens: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -171,12 +171,14 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
         (
             any::<u64>(),
             prompt(),
-            prop::collection::vec(params(), 0..3)
+            prop::collection::vec(params(), 0..3),
+            prop::sample::select(hearth_api::Priority::ALL.to_vec()),
         )
-            .prop_map(|(id, prompt, choices)| ToWorker::Generate {
+            .prop_map(|(id, prompt, choices, priority)| ToWorker::Generate {
                 id,
                 prompt: std::sync::Arc::new(prompt),
                 choices,
+                priority,
             }),
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         any::<u64>().prop_map(|nonce| ToWorker::Ping { nonce }),
@@ -259,6 +261,7 @@ fn status() -> impl Strategy<Value = WorkerStatus> {
                     grammars_compiled,
                     grammar_cache_hits,
                     steps,
+                    ..WorkerStatus::default()
                 }
             },
         )

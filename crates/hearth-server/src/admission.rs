@@ -8,36 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// `X-Priority`: high overtakes normal overtakes low. Ordered so that `High` sorts first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    High,
-    Normal,
-    Low,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    /// Case-insensitive `high|normal|low`.
-    pub fn parse(text: &str) -> Option<Priority> {
-        Priority::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(text.trim()))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use hearth_api::Priority;
 
 /// How long and how many requests may wait.
 #[derive(Debug, Clone)]
@@ -48,6 +19,9 @@ pub struct QueueLimits {
     pub max_depth_per_priority: [usize; 3],
     /// Longest wait per priority (high, normal, low).
     pub timeouts: [Duration; 3],
+    /// A `high` request needs free slots only among those high requests hold: the worker
+    /// pauses lower-priority sequences to make room (`--preemption`).
+    pub preemption: bool,
 }
 
 impl Default for QueueLimits {
@@ -60,6 +34,7 @@ impl Default for QueueLimits {
                 Duration::from_secs(120),
                 Duration::from_secs(60),
             ],
+            preemption: false,
         }
     }
 }
@@ -87,8 +62,11 @@ struct Waiter {
 }
 
 struct Inner {
-    /// Slots held by admitted requests.
+    /// Slots held by admitted requests (more than the capacity while high requests have
+    /// paused others).
     in_use: usize,
+    /// Of those, slots held by high-priority requests.
+    in_use_high: usize,
     /// Admitted requests.
     running: usize,
     next_seq: u64,
@@ -120,6 +98,7 @@ impl Admission {
             limits,
             inner: Mutex::new(Inner {
                 in_use: 0,
+                in_use_high: 0,
                 running: 0,
                 next_seq: 0,
                 waiting: BTreeMap::new(),
@@ -174,10 +153,9 @@ impl Admission {
                 .waiting
                 .first_key_value()
                 .is_none_or(|((waiting, _), _)| *waiting > priority);
-            if first_in_line && inner.in_use + need <= self.capacity {
-                inner.in_use += need;
-                inner.running += 1;
-                return Ok(self.permit(need));
+            if first_in_line && self.fits(&inner, priority, need) {
+                Self::take(&mut inner, priority, need);
+                return Ok(self.permit(priority, need));
             }
             if let Some(which) = self.over_depth(&inner, priority) {
                 let ahead = inner.waiting.len() + inner.running;
@@ -204,7 +182,7 @@ impl Admission {
         match tokio::time::timeout(self.limits.timeout(priority), woken).await {
             Ok(Ok(())) => {
                 queued.armed = false;
-                Ok(self.permit(need))
+                Ok(self.permit(priority, need))
             }
             // Timed out (or, impossibly, the sender vanished): `queued` leaves the queue as
             // it drops, and lets in whoever fits behind it.
@@ -226,9 +204,28 @@ impl Admission {
         })
     }
 
-    fn permit(self: &Arc<Self>, need: usize) -> Permit {
+    /// Whether `need` more slots for a `priority` request are free: with pre-emption a high
+    /// request counts only the slots other high requests hold.
+    fn fits(&self, inner: &Inner, priority: Priority, need: usize) -> bool {
+        if self.limits.preemption && priority == Priority::High {
+            inner.in_use_high + need <= self.capacity
+        } else {
+            inner.in_use + need <= self.capacity
+        }
+    }
+
+    fn take(inner: &mut Inner, priority: Priority, need: usize) {
+        inner.in_use += need;
+        if priority == Priority::High {
+            inner.in_use_high += need;
+        }
+        inner.running += 1;
+    }
+
+    fn permit(self: &Arc<Self>, priority: Priority, need: usize) -> Permit {
         Permit {
             admission: self.clone(),
+            priority,
             need,
             since: tokio::time::Instant::now(),
         }
@@ -237,31 +234,34 @@ impl Admission {
     /// Let waiters in, in order, while the first in line fits. Strict order: a big request
     /// at the head is not overtaken by smaller ones behind it. Runs after every change that
     /// can make the head fit: slots freed, or a waiter gone (left or timed out).
-    fn dispatch(inner: &mut Inner, capacity: usize) {
-        while let Some(entry) = inner.waiting.first_entry() {
-            if inner.in_use + entry.get().need > capacity {
+    fn dispatch(&self, inner: &mut Inner) {
+        while let Some((&key, head)) = inner.waiting.first_key_value() {
+            let priority = key.0;
+            if !self.fits(inner, priority, head.need) {
                 break;
             }
-            let waiter = entry.remove();
+            let waiter = inner.waiting.remove(&key).expect("just seen");
             // Counted even if the waiter no longer listens (its future is being dropped):
             // its `Queued` guard then finds itself granted and gives the slots back, which
             // re-runs this loop. Not counting them would make that give-back free slots
             // that were never taken.
-            inner.in_use += waiter.need;
-            inner.running += 1;
+            Self::take(inner, priority, waiter.need);
             let _ = waiter.wake.send(());
         }
     }
 
-    fn release(&self, need: usize, held: Option<Duration>) {
+    fn release(&self, priority: Priority, need: usize, held: Option<Duration>) {
         let mut inner = self.lock();
         inner.in_use = inner.in_use.saturating_sub(need);
+        if priority == Priority::High {
+            inner.in_use_high = inner.in_use_high.saturating_sub(need);
+        }
         inner.running = inner.running.saturating_sub(1);
         inner.last_used = Instant::now();
         if let Some(held) = held {
             inner.mean_service_secs = 0.8 * inner.mean_service_secs + 0.2 * held.as_secs_f64();
         }
-        Self::dispatch(&mut inner, self.capacity);
+        self.dispatch(&mut inner);
     }
 
     /// A waiter leaves (client gone, timeout): out of the queue, and whoever was behind it
@@ -270,10 +270,10 @@ impl Admission {
     fn leave(&self, key: (Priority, u64), need: usize) {
         let mut inner = self.lock();
         if inner.waiting.remove(&key).is_some() {
-            Self::dispatch(&mut inner, self.capacity);
+            self.dispatch(&mut inner);
         } else {
             drop(inner);
-            self.release(need, None);
+            self.release(key.0, need, None);
         }
     }
 }
@@ -298,6 +298,7 @@ impl Drop for Queued {
 /// Slots held by one admitted request; dropping it frees them for the next in line.
 pub struct Permit {
     admission: Arc<Admission>,
+    priority: Priority,
     need: usize,
     since: tokio::time::Instant,
 }
@@ -305,7 +306,7 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission
-            .release(self.need, Some(self.since.elapsed()));
+            .release(self.priority, self.need, Some(self.since.elapsed()));
     }
 }
 
@@ -318,6 +319,7 @@ mod tests {
             max_depth,
             max_depth_per_priority: [usize::MAX; 3],
             timeouts: [Duration::from_millis(timeout_ms); 3],
+            preemption: false,
         }
     }
 
@@ -327,6 +329,48 @@ mod tests {
         assert_eq!(Priority::parse("Normal"), Some(Priority::Normal));
         assert_eq!(Priority::parse("low"), Some(Priority::Low));
         assert_eq!(Priority::parse("urgent"), None);
+    }
+
+    /// With pre-emption, high requests get in past lower-priority work (the worker pauses
+    /// it) but not past each other; everyone else waits until the slots really are free.
+    #[tokio::test(start_paused = true)]
+    async fn with_preemption_high_requests_count_only_high_slots() {
+        let admission = Admission::new(
+            2,
+            QueueLimits {
+                preemption: true,
+                ..limits(10, 5_000)
+            },
+        );
+        let low = admission.admit(Priority::Low, 2).await.unwrap();
+        let high_1 = admission.admit(Priority::High, 1).await.unwrap();
+        let high_2 = admission.admit(Priority::High, 1).await.unwrap();
+        assert_eq!(admission.lock().in_use, 4);
+        let mut high_3 = Box::pin(admission.admit(Priority::High, 1));
+        let mut normal = Box::pin(admission.admit(Priority::Normal, 1));
+        for pending in [futures_poll(&mut high_3), futures_poll(&mut normal)] {
+            assert!(pending, "admitted past the slots");
+        }
+        drop(high_1);
+        let high_3 = high_3.await.unwrap();
+        assert!(
+            futures_poll(&mut normal),
+            "normal got in while low and high hold all"
+        );
+        drop((low, high_2));
+        // One high slot in use: the normal request fits the real capacity again.
+        let _normal = normal.await.unwrap();
+        assert_eq!(admission.lock().in_use, 2);
+        drop(high_3);
+        assert_eq!(admission.lock().in_use, 1);
+        assert_eq!(admission.lock().in_use_high, 0);
+    }
+
+    /// Polls a future once; true while it is still pending.
+    fn futures_poll<F: std::future::Future + Unpin>(future: &mut F) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        std::pin::Pin::new(future).poll(&mut cx).is_pending()
     }
 
     #[tokio::test]
@@ -735,6 +779,7 @@ mod model_tests {
 
     async fn run(capacity: usize, max_depth: usize, timeouts: [u64; 3], ops: Vec<Op>) {
         let limits = QueueLimits {
+            preemption: false,
             max_depth,
             max_depth_per_priority: [usize::MAX; 3],
             timeouts: timeouts.map(Duration::from_millis),

@@ -57,6 +57,8 @@ pub struct WorkerSettings {
     pub no_prompt_cache: bool,
     /// MiB of host memory each worker may hold saved prompt caches in.
     pub prompt_cache_ram_mib: usize,
+    /// High-priority requests may pause lower-priority sequences.
+    pub preemption: bool,
     /// Workers take turns decoding (one shared lock) because their threads together would
     /// exceed the CPU's cores when several models are busy.
     pub cpu_gate: bool,

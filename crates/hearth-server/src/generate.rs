@@ -44,6 +44,8 @@ struct Job {
     state: AppState,
     model: String,
     prompts: Prompts,
+    /// Travels to the worker, whose scheduler may pause lower-priority sequences for it.
+    priority: Priority,
 }
 
 pub async fn start(
@@ -74,6 +76,7 @@ pub async fn start(
         state: state.clone(),
         model: model.to_owned(),
         prompts,
+        priority: meta.priority,
     };
     let mut retry_left = true;
     let launched = launch_retrying(&job, &mut retry_left, deadline).await?;
@@ -137,7 +140,9 @@ async fn launch(job: &Job, deadline: Instant) -> Result<Launched, Launch> {
         .worker(&job.model)
         .await
         .map_err(Launch::Failed)?;
-    let mut group = worker.generate(job.prompts.clone()).map_err(Launch::Lost)?;
+    let mut group = worker
+        .generate(job.prompts.clone(), job.priority)
+        .map_err(Launch::Lost)?;
     let mut prompt_tokens = vec![0; group.len()];
     let mut accepted = 0;
     let mut early = VecDeque::new();

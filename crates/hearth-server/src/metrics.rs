@@ -46,6 +46,9 @@ pub struct Metrics {
     pub models_loaded: IntGauge,
     pub worker_restarts: IntCounterVec,
     pub worker_memory_bytes: IntGaugeVec,
+    pub num_requests_paused: IntGaugeVec,
+    pub prompt_cache_host_bytes: IntGaugeVec,
+    pub prompt_cache_host_entries: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -139,6 +142,21 @@ impl Metrics {
             prefix_cache_queries: counter(
                 "hearth:prefix_cache_queries_total",
                 "Prompt tokens looked up in the prompt cache (every sequence's prompt).",
+                &["model"],
+            ),
+            num_requests_paused: gauge(
+                "hearth:num_requests_paused",
+                "Sequences paused (KV in host memory) for high-priority requests.",
+                &["model"],
+            ),
+            prompt_cache_host_bytes: gauge(
+                "hearth:prompt_cache_host_bytes",
+                "Bytes of prompt caches the worker keeps in host memory.",
+                &["model"],
+            ),
+            prompt_cache_host_entries: gauge(
+                "hearth:prompt_cache_host_entries",
+                "Prompt caches the worker keeps in host memory.",
                 &["model"],
             ),
             prefix_cache_hits: counter(

@@ -154,6 +154,7 @@ fn measure_with(
                 max_tokens: Some(gen),
                 stop: vec![],
                 format: format.clone(),
+                ..GenerationRequest::default()
             },
             Box::new(move |event| tx.send((i, Instant::now(), event)).is_ok()),
         )?;

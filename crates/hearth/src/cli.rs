@@ -167,6 +167,17 @@ pub struct QueueArgs {
     /// Seconds a low-priority request may wait for a slot.
     #[arg(long, default_value_t = 60.0, env = "HEARTH_QUEUE_TIMEOUT_LOW")]
     pub queue_timeout_low: f64,
+    /// A high-priority request that finds every slot busy with lower-priority work pauses
+    /// the newest of it (its KV kept in host memory; it resumes where it was, its client
+    /// seeing only a pause) instead of waiting.
+    #[arg(long, value_enum, default_value_t = Switch::On, env = "HEARTH_PREEMPTION")]
+    pub preemption: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Who may call the API and how often.
@@ -246,6 +257,9 @@ pub struct WorkerArgs {
     pub kv_unified: bool,
     #[arg(long)]
     pub no_prompt_cache: bool,
+    /// A waiting high-priority request may not pause lower-priority sequences.
+    #[arg(long)]
+    pub no_preemption: bool,
     /// MiB of host memory for saved prompt caches.
     #[arg(long, default_value_t = 0)]
     pub prompt_cache_ram: usize,

@@ -145,7 +145,7 @@ fn stream_reply(
         sampling: sampling.clone(),
         max_tokens: Some(args.max_tokens.min(room.max(1))),
         stop: args.stop.clone(),
-        format: None,
+        ..GenerationRequest::default()
     })?;
     let mut stdout = std::io::stdout();
     let mut reply = String::new();

@@ -10,7 +10,7 @@ use hearth_server::{
     QueueLimits, RateLimit, ServerConfig, WorkerSettings,
 };
 
-use crate::cli::{AccessArgs, CpuGateMode, LifecycleArgs, QueueArgs, ServeArgs};
+use crate::cli::{AccessArgs, CpuGateMode, LifecycleArgs, QueueArgs, ServeArgs, Switch};
 use crate::{config_file, model_path};
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -68,6 +68,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             prompt_cache_ram_mib: args
                 .prompt_cache_ram
                 .unwrap_or_else(default_prompt_cache_ram),
+            preemption: args.queue.preemption == Switch::On,
             cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),
@@ -230,6 +231,7 @@ fn queue_limits(args: &QueueArgs) -> Result<QueueLimits> {
             seconds(args.queue_timeout_normal, "--queue-timeout-normal")?,
             seconds(args.queue_timeout_low, "--queue-timeout-low")?,
         ],
+        preemption: args.preemption == Switch::On,
     })
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use hearth_api::format::JsonFormat;
 use hearth_api::logprobs::{TokenOutput, TopToken};
 use hearth_api::tools::{ToolCallDelta, ToolChoice, ToolUse};
-use hearth_api::{ApiError, GenerationParams};
+use hearth_api::{ApiError, GenerationParams, Priority};
 use hearth_engine::tools::{
     call_grammar, generic_tool_prompt, CallMode, CallTool, ReplyDelta, ReplyParser, ToolSyntax,
 };
@@ -109,6 +109,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 id,
                 prompt,
                 choices,
+                priority,
             } => {
                 let ids: Vec<u64> = (id..).take(choices.len()).collect();
                 worker.track(&ids);
@@ -117,6 +118,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                         ids,
                         prompt,
                         choices,
+                        priority,
                     })
                     .is_err()
                 {
@@ -154,6 +156,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         kv_unified: args.kv_unified,
         prompt_cache: !args.no_prompt_cache,
         prompt_cache_ram: args.prompt_cache_ram << 20,
+        preemption: !args.no_preemption,
         cpu_gate: args.cpu_gate.clone(),
         ..EngineConfig::default()
     };
@@ -179,6 +182,7 @@ struct Job {
     ids: Vec<u64>,
     prompt: Arc<PromptSpec>,
     choices: Vec<GenerationParams>,
+    priority: Priority,
 }
 
 /// Where one sequence (orchestrator id) is. `Preparing` → `Running` when submitted to the
@@ -254,7 +258,7 @@ impl Worker {
         let mut prepared = Vec::with_capacity(job.choices.len());
         for params in job.choices {
             let with_logprobs = params.top_logprobs.is_some();
-            let mut request = generation_request(prompt.tokens.clone(), params);
+            let mut request = generation_request(prompt.tokens.clone(), params, job.priority);
             let param = if grammar.is_some() {
                 request.format = grammar.clone();
                 "tools"
@@ -491,6 +495,11 @@ impl Worker {
                     kv_capacity: stats.kv_capacity,
                     grammars_compiled,
                     grammar_cache_hits,
+                    paused: stats.paused,
+                    preemptions: stats.preemptions,
+                    host_cache_bytes: stats.host_cache_bytes,
+                    host_cache_entries: stats.host_cache_entries,
+                    slot_tokens: stats.slot_tokens,
                 },
             },
         );
@@ -572,9 +581,14 @@ fn delta_message(
 }
 
 /// The engine's request for one choice: the wire parameters mapped onto the engine's.
-fn generation_request(prompt: Vec<u32>, params: GenerationParams) -> GenerationRequest {
+fn generation_request(
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    priority: Priority,
+) -> GenerationRequest {
     GenerationRequest {
         prompt,
+        priority,
         sampling: SamplingParams {
             temperature: params.temperature,
             top_k: params.top_k,

@@ -62,7 +62,14 @@ fn total_waiting(server: &Server) -> f64 {
 
 #[test]
 fn high_priority_overtakes_queued_normal_and_low_requests() {
-    let server = Arc::new(Server::start(&["--preload", "--parallel", "1"]));
+    // Queue order alone: with pre-emption the high request would pause the blocker.
+    let server = Arc::new(Server::start(&[
+        "--preload",
+        "--parallel",
+        "1",
+        "--preemption",
+        "off",
+    ]));
     let blocker = block(&server);
     let finished = Arc::new(Mutex::new(Vec::new()));
     let mut clients = Vec::new();
@@ -153,6 +160,8 @@ fn a_full_queue_rejects_at_once_with_retry_after() {
         "2",
         "--max-queue-depth-low",
         "1",
+        "--preemption",
+        "off",
     ]));
     let blocker = block(&server);
     let queue = |priority: &'static str| {
@@ -194,6 +203,75 @@ fn a_full_queue_rejects_at_once_with_retry_after() {
     drop(blocker);
     assert_eq!(high.join().unwrap(), 200);
     assert_eq!(low.join().unwrap(), 200);
+}
+
+/// With pre-emption (the default) a high request that finds the only slot busy with a low
+/// stream runs at once; the low stream pauses (its KV kept in host memory) and then
+/// finishes exactly as it would have alone.
+#[test]
+fn a_high_request_pauses_a_low_stream_which_then_finishes_intact() {
+    // No prompt cache: the reference and the paused run then both read the prompt cold.
+    let server = Arc::new(Server::start(&[
+        "--preload",
+        "--parallel",
+        "1",
+        "--no-prompt-cache",
+    ]));
+    let body = json!({
+        "model": "smol",
+        "prompt": "Once upon a time",
+        "max_tokens": 160,
+        "temperature": 0,
+        "logit_bias": {"0": -100, "1": -100, "2": -100},
+    });
+    let (status, alone) = server.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{alone}");
+    let alone = alone["choices"][0]["text"].as_str().unwrap().to_owned();
+
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let low = {
+        let server = server.clone();
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        std::thread::spawn(move || {
+            let response = ureq::post(&server.url("/v1/completions"))
+                .set("x-priority", "low")
+                .send_json(body)
+                .expect("the low stream starts");
+            let mut text = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(response.into_reader())) {
+                let line = line.unwrap();
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    break;
+                }
+                let chunk: Value = serde_json::from_str(data).unwrap();
+                text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+                let _ = started_tx.send(());
+            }
+            text
+        })
+    };
+    started_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the low stream produced text");
+    let high = completion_with_priority(&server, "high");
+    assert_eq!(high.status, 200, "{}", high.text);
+    assert!(
+        !low.is_finished(),
+        "the high request waited for the low stream"
+    );
+    let resumed = low.join().unwrap();
+    assert_eq!(resumed, alone, "the paused stream's text changed");
+    let (_, health) = server.get("/health/ready");
+    assert_eq!(health["models"]["smol"]["preemptions"], 1, "{health}");
+    assert_eq!(health["models"]["smol"]["paused"], 0, "{health}");
+    assert_eq!(
+        server.metric("hearth:num_requests_paused", "model=\"smol\""),
+        0.0
+    );
 }
 
 #[test]

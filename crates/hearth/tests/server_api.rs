@@ -83,6 +83,7 @@ fn completions_equal_the_engines_greedy_output() {
             cpu_gate: None,
             prompt_cache: true,
             prompt_cache_ram: 0,
+            preemption: true,
         },
     )
     .unwrap();
@@ -91,8 +92,7 @@ fn completions_equal_the_engines_greedy_output() {
             prompt: model.tokenize(prompt, true, false),
             sampling: hearth_engine::SamplingParams::greedy(),
             max_tokens: Some(24),
-            stop: vec![],
-            format: None,
+            ..Default::default()
         })
         .unwrap();
     let mut text = String::new();

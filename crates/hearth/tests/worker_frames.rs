@@ -90,6 +90,7 @@ fn an_unreadable_frame_fails_its_requests_and_the_worker_serves_on() {
             id: 20,
             prompt: std::sync::Arc::new(PromptSpec::Text("Once upon a time".into())),
             choices: vec![params.clone(), params],
+            priority: hearth_api::Priority::Low,
         },
     )
     .unwrap();

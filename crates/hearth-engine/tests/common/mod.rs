@@ -44,6 +44,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             cpu_gate: None,
             prompt_cache: true,
             prompt_cache_ram: 64 << 20,
+            preemption: true,
         },
     )
     .unwrap()
@@ -69,7 +70,7 @@ pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerationRequest {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(max_tokens),
         stop: vec![],
-        format: None,
+        ..GenerationRequest::default()
     }
 }
 

@@ -57,6 +57,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 entry["kv_capacity"] = json!(status.kv_capacity);
                 entry["grammars_compiled"] = json!(status.grammars_compiled);
                 entry["grammar_cache_hits"] = json!(status.grammar_cache_hits);
+                entry["paused"] = json!(status.paused);
+                entry["preemptions"] = json!(status.preemptions);
+                entry["prompt_cache"] = json!({
+                    "slot_tokens": status.slot_tokens,
+                    "host_bytes": status.host_cache_bytes,
+                    "host_entries": status.host_cache_entries,
+                });
             }
             None => {
                 unresponsive.push(worker.model_id.clone());

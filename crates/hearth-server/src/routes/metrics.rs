@@ -42,6 +42,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .kv_cache_usage
                 .with_label_values(&[model])
                 .set(usage);
+            for (gauge, value) in [
+                (&metrics.num_requests_paused, status.paused),
+                (&metrics.prompt_cache_host_bytes, status.host_cache_bytes),
+                (
+                    &metrics.prompt_cache_host_entries,
+                    status.host_cache_entries,
+                ),
+            ] {
+                gauge.with_label_values(&[model]).set(value as i64);
+            }
         }
         if let Some(bytes) = resident_bytes(worker.pid) {
             metrics

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hearth_api::logprobs::TokenOutput;
 use hearth_api::tools::ToolCallDelta;
-use hearth_api::{ApiError, GenerationParams};
+use hearth_api::{ApiError, GenerationParams, Priority};
 use hearth_ipc::{PromptSpec, ToWorker, WorkerReady, WorkerStatus};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -104,7 +104,7 @@ impl Shared {
 }
 
 /// What the periodic pings have seen.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Liveness {
     pub last_pong: Instant,
     pub last_status: Option<WorkerStatus>,
@@ -128,7 +128,10 @@ impl Worker {
     }
 
     pub fn liveness(&self) -> Liveness {
-        *self.liveness.lock().unwrap_or_else(|e| e.into_inner())
+        self.liveness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Note a ping's answer: the engine made progress if its step count moved or it has
@@ -136,7 +139,10 @@ impl Worker {
     pub fn record_pong(&self, status: WorkerStatus) {
         let mut liveness = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let moved = liveness.last_status.is_none_or(|s| s.steps != status.steps);
+        let moved = liveness
+            .last_status
+            .as_ref()
+            .is_none_or(|s| s.steps != status.steps);
         if moved || status.running + status.waiting == 0 {
             liveness.progress_at = now;
         }
@@ -191,6 +197,7 @@ impl Worker {
     pub fn generate(
         self: &Arc<Self>,
         prompts: Vec<(Arc<PromptSpec>, Vec<GenerationParams>)>,
+        priority: Priority,
     ) -> Result<RequestGroup, ApiError> {
         if !self.is_alive() {
             return Err(ApiError::worker_failed(format!(
@@ -214,6 +221,7 @@ impl Worker {
                 id: first,
                 prompt,
                 choices,
+                priority,
             };
             if self.outbox.send(message).is_err() {
                 self.shared.fail_all(&self.model_id);

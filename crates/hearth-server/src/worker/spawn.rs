@@ -77,6 +77,9 @@ pub async fn spawn_worker(
     if settings.no_prompt_cache {
         command.arg("--no-prompt-cache");
     }
+    if !settings.preemption {
+        command.arg("--no-preemption");
+    }
     command
         .arg("--prompt-cache-ram")
         .arg(settings.prompt_cache_ram_mib.to_string());
