@@ -16,11 +16,14 @@ Workloads (`--only a,b,d`):
        3 rounds of the same 8 prompts (`--b-append`: each round appends the previous answer and
        a follow-up); per round the median TTFT, the aggregate decode rate (completion tokens /
        wall time of the round) and the median per-stream decode rate after the first token.
-    d  priority: 8 `X-Priority: low` streams (max_tokens 400) fill every slot, ~1 s later one
-       `X-Priority: high` request (short prompt, max_tokens 16); its TTFT against the same on
-       an idle server. llama-server gets the same requests (it ignores the header and queues).
+    d  priority: 8 `X-Priority: low` streams (max_tokens 400) fill every slot; 1 s after all of
+       them got their first token, one `X-Priority: high` request (short prompt, max_tokens 16);
+       its TTFT against the same on an idle server. llama-server gets the same requests (it
+       ignores the header and queues). The low streams are closed once the high one is answered.
 
-Prints markdown tables only.
+Prints markdown tables only. `--quick`: 4 turns, 2 rounds, low streams of 150 tokens. Needs
+an otherwise idle machine: with one of 2 cores busy, llama-server at 2 threads ran ~100x
+slower (OpenMP threads spin at barriers; hearth links the same ggml with OpenMP).
 
     .venv/bin/python scripts/bench-peer-cache.py [--llama-server /tmp/peers/bin/llama-server]
         [--only a,b,d] [--servers hearth,nocache,llama] [--quick] [--threads 2] [--slots 8]
@@ -29,7 +32,9 @@ Prints markdown tables only.
 import argparse
 import pathlib
 import shlex
+import signal
 import statistics
+import sys
 import threading
 import time
 
@@ -115,11 +120,12 @@ LOW_D = [
 HIGH_D = "What is the capital of {}? Answer in one word."
 
 
-def stream(client, messages, max_tokens, headers=None, stop=None):
+def stream(client, messages, max_tokens, headers=None, stop=None, started=None):
     """Stream one chat completion; times (perf_counter) and token counts.
 
     completion tokens come from the usage chunk when the server sends one, else from the
-    number of content chunks (one token each on both servers). `stop` (an Event) aborts."""
+    number of content chunks (one token each on both servers). `stop` (an Event) aborts;
+    `started` (an Event) is set at the first token."""
     start = time.perf_counter()
     first = last = None
     parts, usage, chunks = [], None, 0
@@ -133,7 +139,10 @@ def stream(client, messages, max_tokens, headers=None, stop=None):
             for c in chunk.choices:
                 if c.delta.content:
                     last = time.perf_counter()
-                    first = first or last
+                    if first is None:
+                        first = last
+                        if started is not None:
+                            started.set()
                     chunks += 1
                     parts.append(c.delta.content)
             if stop is not None and stop.is_set():
@@ -226,14 +235,23 @@ def workload_d(client, cfg):
     idle = high_request(client, "Portugal", cfg)
     stop = threading.Event()
     lows, high = [None] * cfg.streams, []
+    started = [threading.Event() for _ in range(cfg.streams)]
 
     def low(i):
-        lows[i] = stream(client, [{"role": "system", "content": SYSTEM_D_LOW},
-                                  {"role": "user", "content": LOW_D[i % len(LOW_D)]}],
-                         cfg.d_low_tokens, headers={"X-Priority": "low"}, stop=stop)
+        try:
+            lows[i] = stream(client, [{"role": "system", "content": SYSTEM_D_LOW},
+                                      {"role": "user", "content": LOW_D[i % len(LOW_D)]}],
+                             cfg.d_low_tokens, headers={"X-Priority": "low"}, stop=stop,
+                             started=started[i])
+        finally:
+            started[i].set()
     threads = [threading.Thread(target=low, args=(i,)) for i in range(cfg.streams)]
     for t in threads:
         t.start()
+    # Every low stream decoding (its prompt read), then --d-delay more.
+    deadline = time.monotonic() + 60
+    for e in started:
+        e.wait(max(0, deadline - time.monotonic()))
     time.sleep(cfg.d_delay)
     high.append(high_request(client, "Norway", cfg))
     if not cfg.d_finish_lows:
@@ -295,7 +313,8 @@ def report_b(results, cfg):
 
 def report_d(results, cfg):
     print(f"### d: one high-priority request (max_tokens {cfg.d_high_tokens}) "
-          f"{cfg.d_delay:g} s after {cfg.streams} low streams (max_tokens {cfg.d_low_tokens})\n")
+          f"{cfg.d_delay:g} s after {cfg.streams} low streams (max_tokens {cfg.d_low_tokens}) "
+          f"all got their first token\n")
     print("| server | TTFT idle (ms) | TTFT busy (ms) | busy/idle | high total busy (ms) | "
           "lows open at high's first token | lows' max TTFT (ms) | low tok done |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -351,11 +370,13 @@ def main():
                         "[400; quick 150]")
     parser.add_argument("--d-high-tokens", type=int, default=16)
     parser.add_argument("--d-delay", type=float, default=1.0,
-                        help="d: seconds between the low streams and the high request")
+                        help="d: seconds from every low stream's first token to the high request")
     parser.add_argument("--d-finish-lows", action="store_true",
                         help="d: let the low streams run to the end instead of closing them "
                         "once the high request is answered")
     cfg = parser.parse_args()
+    # A SIGTERM (e.g. from `timeout`) unwinds, so the server started last is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg.turns = cfg.turns or (4 if cfg.quick else 10)
     cfg.rounds = cfg.rounds or (2 if cfg.quick else 3)
     cfg.d_low_tokens = cfg.d_low_tokens or (150 if cfg.quick else 400)

@@ -47,6 +47,29 @@ pub struct EngineConfig {
     /// A waiting high-priority request pauses the newest lowest-priority sequence when
     /// every slot is busy (its KV waits in host memory; it resumes where it was).
     pub preemption: bool,
+    /// Flash attention (see `FlashAttention`).
+    pub flash_attention: FlashAttention,
+}
+
+/// Whether llama.cpp computes attention with its fused flash-attention kernels.
+///
+/// On the CPU they make a sequence's numbers depend on its neighbours: llama.cpp picks one
+/// of three kernels by the ubatch's shape — a split-KV kernel (one chunk per thread, merged
+/// afterwards) for a lone decode token once the attended window reaches 512 cells, a tiled
+/// f32 kernel for 64+ query tokens of one sequence, and an f16 one otherwise — and their
+/// results differ in the last bits. So a greedy reply changed with what ran beside it (after
+/// ~200 tokens), with how its prompt was chunked, and so with prompt-cache hits. Without
+/// them (matrix products and a softmax) every output element is one dot product in a fixed
+/// order: tokens are identical whatever the batch, chunking or cache (tested over 600
+/// tokens). Measured cost on the CPU: docs/benchmarks.md.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FlashAttention {
+    /// Off on a CPU-only model (batch invariance), llama.cpp's choice once layers are on a
+    /// GPU (where the fused kernels matter for speed and memory).
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +84,7 @@ impl Default for EngineConfig {
             prompt_cache: true,
             prompt_cache_ram: 0,
             preemption: true,
+            flash_attention: FlashAttention::Auto,
         }
     }
 }
@@ -327,7 +351,16 @@ fn run_engine_thread(
     // kv_unified is off by default: each sequence gets its own cells, which keeps a
     // sequence's greedy output identical whether it runs alone or batched. On, batched
     // decode measured ~15-20% faster here, but outputs then depend on batch composition.
+    let flash_attention = match config.flash_attention {
+        FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        FlashAttention::Auto if model.gpu_layers() > 0 => {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
+        }
+        FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    };
     let params = LlamaContextParams::default()
+        .with_flash_attention_policy(flash_attention)
         .with_n_ctx(NonZeroU32::new(total_ctx))
         .with_n_batch(config.batch_size)
         .with_n_ubatch(config.batch_size)

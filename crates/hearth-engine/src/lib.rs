@@ -19,8 +19,8 @@ mod template;
 pub mod tools;
 
 pub use engine::{
-    default_threads, Engine, EngineConfig, EngineStats, EventSink, PreparedRequest, RequestHandle,
-    StatsSnapshot,
+    default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, PreparedRequest,
+    RequestHandle, StatsSnapshot,
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo};

@@ -55,6 +55,7 @@ pub struct Model {
     /// Built on the first structured-output request.
     grammars: std::sync::OnceLock<std::result::Result<GrammarCompiler, String>>,
     grammar_cache_size: usize,
+    gpu_layers: u32,
 }
 
 impl std::fmt::Debug for Model {
@@ -78,11 +79,17 @@ impl Model {
             info,
             pieces,
             grammars: std::sync::OnceLock::new(),
+            gpu_layers: options.gpu_layers,
             grammar_cache_size: match options.grammar_cache_size {
                 0 => crate::structured::GRAMMAR_CACHE_CAPACITY,
                 n => n,
             },
         })
+    }
+
+    /// Layers asked to be offloaded to a GPU (0: the CPU does everything).
+    pub fn gpu_layers(&self) -> u32 {
+        self.gpu_layers
     }
 
     pub fn info(&self) -> &ModelInfo {

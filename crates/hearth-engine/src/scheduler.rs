@@ -334,6 +334,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             return false;
         };
         let slot = self.running[at].slot;
+        let started = std::time::Instant::now();
         let snapshot = if self.running[at].position == 0 {
             None
         } else {
@@ -343,7 +344,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             }
         };
         let seq = self.running.swap_remove(at);
-        tracing::debug!(id = seq.id, slot, "paused for a high-priority request");
+        tracing::debug!(
+            id = seq.id,
+            slot,
+            tokens = seq.position,
+            bytes = snapshot.as_ref().map_or(0, B::snapshot_bytes),
+            save_us = started.elapsed().as_micros() as u64,
+            "paused for a high-priority request"
+        );
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
         // The slot keeps the paused sequence's cells as a cache until it is reused.
         self.keep_cache(&seq, true);
@@ -364,6 +372,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         else {
             return false;
         };
+        let started = std::time::Instant::now();
         let Paused { mut seq, snapshot } = self.paused.remove(at);
         self.free_slots.retain(|&s| s != slot);
         // Whatever the slot held is worth keeping in host memory if it is long.
@@ -382,6 +391,13 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 return true;
             }
         }
+        tracing::debug!(
+            id = seq.id,
+            slot,
+            tokens = seq.position,
+            restore_us = started.elapsed().as_micros() as u64,
+            "resumed"
+        );
         seq.slot = slot;
         self.running.push(seq);
         true
@@ -890,6 +906,7 @@ mod tests {
                 prompt_cache,
                 prompt_cache_ram: host_bytes,
                 preemption: true,
+                flash_attention: Default::default(),
             };
             let backend = ScriptedBackend::new(parallel, VOCAB);
             Harness {

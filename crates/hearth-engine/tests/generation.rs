@@ -481,6 +481,7 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
             prompt_cache: false,
             prompt_cache_ram: 0,
             preemption: true,
+            flash_attention: Default::default(),
         },
     )
     .unwrap();
@@ -600,4 +601,72 @@ fn a_preempted_sequence_resumes_token_identical_to_an_uninterrupted_run() {
     assert_eq!(resumed.text, alone.text);
     assert_eq!(resumed.finish_reason, FinishReason::Length);
     assert_eq!(engine.stats().paused, 0);
+}
+
+/// Batch invariance for a whole generation: three greedy sequences with prompts of different
+/// lengths join a running batch at different times and write 600 tokens each; every one
+/// matches its run alone, token for token. (With flash attention on, llama.cpp's CPU kernels
+/// made such runs diverge after ~200 tokens: see `FlashAttention`.)
+#[test]
+fn sequences_joining_at_different_times_match_their_solo_runs_over_600_tokens() {
+    let no_eog: std::collections::HashMap<u32, f32> = model()
+        .info()
+        .eog_tokens
+        .iter()
+        .map(|&t| (t, -100.0))
+        .collect();
+    let request = |message: &str| GenerationRequest {
+        sampling: SamplingParams {
+            logit_bias: no_eog.clone(),
+            ..SamplingParams::greedy()
+        },
+        ..greedy(chat_prompt(message), 600)
+    };
+    let requests = [
+        request("Tell me everything about the ocean."),
+        request(
+            "You are a patient teacher. Explain, step by step and with many examples, how \
+             a steam engine turns heat into motion, and why it changed the world.",
+        ),
+        request("Hi!"),
+    ];
+    // Alone, one after another on one slot (each also starts from the previous one's cache).
+    let solo_engine = engine_with(1, 1024);
+    let alone: Vec<Output> = requests
+        .iter()
+        .map(|r| generate(&solo_engine, r.clone()))
+        .collect();
+
+    let engine = engine_with(4, 1024);
+    let mut handles = Vec::new();
+    let mut outputs: Vec<Vec<Event>> = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        handles.push(engine.submit(request.clone()).unwrap());
+        outputs.push(Vec::new());
+        // The next one joins after this one has written 40 * (i + 1) tokens.
+        let mut written = 0;
+        while i + 1 < requests.len() && written < 40 * (i + 1) {
+            let event = handles[i].events.recv().unwrap();
+            if let Event::Delta { tokens, .. } = &event {
+                written += tokens.len();
+            }
+            outputs[i].push(event);
+        }
+    }
+    for (i, handle) in handles.into_iter().enumerate() {
+        let events = std::mem::take(&mut outputs[i])
+            .into_iter()
+            .chain(handle.events);
+        let batched = collect(events);
+        assert_eq!(batched.tokens.len(), 600);
+        let first_difference = batched
+            .tokens
+            .iter()
+            .zip(&alone[i].tokens)
+            .position(|(a, b)| a != b);
+        assert_eq!(
+            first_difference, None,
+            "sequence {i} diverged from its solo run"
+        );
+    }
 }

@@ -59,6 +59,8 @@ pub struct WorkerSettings {
     pub prompt_cache_ram_mib: usize,
     /// High-priority requests may pause lower-priority sequences.
     pub preemption: bool,
+    /// `--flash-attn` as the worker takes it (`auto`, `on`, `off`).
+    pub flash_attn: &'static str,
     /// Workers take turns decoding (one shared lock) because their threads together would
     /// exceed the CPU's cores when several models are busy.
     pub cpu_gate: bool,

@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Layers to offload to the GPU (builds with GPU support only).
     #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
     pub gpu_layers: u32,
+    /// Flash attention: `auto` is off on the CPU (a sequence's tokens then never depend on
+    /// what runs beside it, how its prompt was chunked or what the prompt cache held) and
+    /// llama.cpp's choice with GPU layers.
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
+    pub flash_attn: FlashAttn,
     /// Seconds a request may run; past it the client gets 504 and a worker that stopped
     /// answering is killed.
     #[arg(long, default_value_t = 600, env = "HEARTH_REQUEST_TIMEOUT")]
@@ -175,6 +180,31 @@ pub struct QueueArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttn {
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
+
+    pub fn engine(self) -> hearth_engine::FlashAttention {
+        match self {
+            FlashAttn::Auto => hearth_engine::FlashAttention::Auto,
+            FlashAttn::On => hearth_engine::FlashAttention::On,
+            FlashAttn::Off => hearth_engine::FlashAttention::Off,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
     On,
     Off,
@@ -260,6 +290,8 @@ pub struct WorkerArgs {
     /// A waiting high-priority request may not pause lower-priority sequences.
     #[arg(long)]
     pub no_preemption: bool,
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
+    pub flash_attn: FlashAttn,
     /// MiB of host memory for saved prompt caches.
     #[arg(long, default_value_t = 0)]
     pub prompt_cache_ram: usize,
@@ -283,6 +315,11 @@ pub struct EngineArgs {
     /// Layers to offload to the GPU (builds with GPU support only).
     #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
     pub gpu_layers: u32,
+    /// Flash attention: `auto` is off on the CPU (a sequence's tokens then never depend on
+    /// what runs beside it, how its prompt was chunked or what the prompt cache held) and
+    /// llama.cpp's choice with GPU layers.
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
+    pub flash_attn: FlashAttn,
     /// Share one KV buffer across sequences (outputs may then depend on what runs alongside;
     /// measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]

@@ -60,6 +60,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize) -> Result<Engine> {
         context_per_slot: args.ctx_size,
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
         kv_unified: args.kv_unified,
+        flash_attention: args.flash_attn.engine(),
         ..EngineConfig::default()
     };
     Ok(Engine::start(Arc::new(model), config)?)

@@ -157,6 +157,7 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         prompt_cache: !args.no_prompt_cache,
         prompt_cache_ram: args.prompt_cache_ram << 20,
         preemption: !args.no_preemption,
+        flash_attention: args.flash_attn.engine(),
         cpu_gate: args.cpu_gate.clone(),
         ..EngineConfig::default()
     };

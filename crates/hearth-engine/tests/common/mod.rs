@@ -45,6 +45,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             prompt_cache: true,
             prompt_cache_ram: 64 << 20,
             preemption: true,
+            flash_attention: Default::default(),
         },
     )
     .unwrap()

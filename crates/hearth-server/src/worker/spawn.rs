@@ -80,6 +80,7 @@ pub async fn spawn_worker(
     if !settings.preemption {
         command.arg("--no-preemption");
     }
+    command.arg("--flash-attn").arg(settings.flash_attn);
     command
         .arg("--prompt-cache-ram")
         .arg(settings.prompt_cache_ram_mib.to_string());
