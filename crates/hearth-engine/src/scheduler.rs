@@ -1310,4 +1310,21 @@ mod tests {
         let usage = run_low.lock().unwrap().usage.unwrap();
         assert_eq!(usage.prompt_tokens, 200);
     }
+
+    #[test]
+    fn a_conversation_hits_after_fifty_others_passed_through_its_slot() {
+        let mut h = Harness::with_host(1, true, 1 << 30);
+        let mut conversation = prompt(1, 80);
+        let (reply, _) = h.generate(&conversation, 8);
+        for other in 0..50 {
+            h.generate(&prompt(100 + other, 70), 4);
+        }
+        conversation.extend(&reply);
+        conversation.extend(prompt(2, 10));
+        let (out, cached) = h.generate(&conversation, 8);
+        // The prompt and the decoded reply (its last token was sampled, never decoded).
+        assert_eq!(cached, 80 + 7);
+        assert_eq!(out, cold(&conversation, 8));
+        assert!(h.scheduler.host.len() >= 50);
+    }
 }
