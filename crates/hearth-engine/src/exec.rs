@@ -172,6 +172,8 @@ pub mod mock {
         /// Snapshots taken and restored.
         pub saves: usize,
         pub restores: usize,
+        /// Whole-sequence copies.
+        pub copies: usize,
     }
 
     impl ScriptedBackend {
@@ -235,6 +237,7 @@ pub mod mock {
         }
 
         fn copy(&mut self, src: usize, dst: usize) {
+            self.copies += 1;
             self.kv[dst] = self.kv[src].clone();
         }
 

@@ -277,11 +277,13 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             if self.prompt_cache && self.prefilling_shared(&self.waiting[at].request.prompt) {
                 break;
             }
+            let filling = self.waiting.len() >= self.free_slots.len();
+            let slot = self.choose_slot(&self.waiting[at].request.prompt, filling);
+            self.free_slots.retain(|&s| s != slot);
             let Some(submission) = self.waiting.remove(at) else {
                 break;
             };
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let slot = self.free_slots.pop().expect("a slot is free or was freed");
             let Submission {
                 id,
                 request,
@@ -401,6 +403,45 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         seq.slot = slot;
         self.running.push(seq);
         true
+    }
+
+    /// The free slot a new request takes. Running slots must stay one run of consecutive ids
+    /// (with one KV stream per slot llama.cpp puts only consecutive sequence ids in one
+    /// ubatch: see `step`), so the candidates are the free slots next to that run — all of
+    /// them when every slot is about to be busy anyway (`filling`) or none runs. Among them,
+    /// the one whose cache holds most of `prompt` (no copy, nothing displaced: 8 streams
+    /// resending their prompts each find their own slot), ties to the lowest. Without a
+    /// candidate, the lowest free slot.
+    fn choose_slot(&self, prompt: &[u32], filling: bool) -> usize {
+        let lowest = *self.free_slots.last().expect("a slot is free");
+        let (low, high) = match (
+            self.running.iter().map(|seq| seq.slot).min(),
+            self.running.iter().map(|seq| seq.slot).max(),
+        ) {
+            (Some(low), Some(high)) => (low, high),
+            _ => (usize::MAX, usize::MAX),
+        };
+        let packed = high != usize::MAX && high - low + 1 == self.running.len();
+        let candidate = |s: usize| {
+            !self.pending[s]
+                && (filling
+                    || self.running.is_empty()
+                    || (packed && (s + 1 == low || s == high + 1)))
+        };
+        let limit = prompt.len().saturating_sub(1);
+        let held = |s: usize| {
+            if self.prompt_cache {
+                common_prefix(&self.slots[s].tokens, prompt).min(limit)
+            } else {
+                0
+            }
+        };
+        self.free_slots
+            .iter()
+            .copied()
+            .filter(|&s| candidate(s))
+            .max_by_key(|&s| (held(s), std::cmp::Reverse(s)))
+            .unwrap_or(lowest)
     }
 
     /// A running sequence is still reading a prefix of at least `SHARE_PREFILL_TOKENS` that
@@ -1047,11 +1088,37 @@ mod tests {
             (1..3).any(|s| h.kv(s).starts_with(&x)),
             "x's cache survived"
         );
-        // x again: its cache is copied into slot 0, and the output is as if cold.
+        // x again: it runs in the slot that kept its cache, and the output is as if cold.
         let (again, cached) = h.generate(&x, 4);
         assert_eq!(cached, 59);
         assert_eq!(again, cold(&x, 4));
-        assert!(h.kv(0).starts_with(&x));
+        // With y running in slot 0, x's cache is copied next to it (slots stay packed).
+        let (_, y_run) = h.submit(&y, 20);
+        h.step();
+        let (again, cached) = h.generate(&x, 4);
+        assert_eq!((again, cached), (cold(&x, 4), 59));
+        assert!(h.kv(1).starts_with(&x));
+        assert!(y_run.lock().unwrap().error.is_none());
+    }
+
+    #[test]
+    fn streams_resending_their_prompts_at_once_each_find_their_own_slot() {
+        let mut h = Harness::new(4, true);
+        let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(10 + i, 50)).collect();
+        let runs: Vec<_> = prompts.iter().map(|p| h.submit(p, 4).1).collect();
+        h.run_until_idle();
+        drop(runs);
+        // The same four again, in another order: each starts in the slot holding its prompt.
+        let copies_before = h.scheduler.backend.copies;
+        let runs: Vec<_> = prompts.iter().rev().map(|p| h.submit(p, 4).1).collect();
+        h.run_until_idle();
+        for run in &runs {
+            assert_eq!(run.lock().unwrap().usage.unwrap().cached_tokens, 49);
+        }
+        assert_eq!(
+            h.scheduler.backend.copies, copies_before,
+            "a cache was copied"
+        );
     }
 
     #[test]

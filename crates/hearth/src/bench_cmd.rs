@@ -24,7 +24,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     }
     let parallel = args.concurrency.iter().copied().max().unwrap_or(1);
     args.engine.ctx_size = (args.prompt_tokens + args.gen_tokens + 16) as u32;
-    let engine = start_engine(&args.engine, parallel)?;
+    let engine = start_engine(&args.engine, parallel, false)?;
     let prompt = synthetic_prompt(&engine, args.prompt_tokens);
     let threads = engine.config().threads;
 

@@ -14,7 +14,7 @@ use crate::cli::{EngineArgs, RunArgs, SamplingArgs};
 use crate::model_path;
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let engine = start_engine(&args.engine, 1)?;
+    let engine = start_engine(&args.engine, 1, true)?;
     let sampling = sampling_params(&args.sampling);
     if args.raw {
         let prompt = args.prompt.context("--raw needs a PROMPT to continue")?;
@@ -39,7 +39,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-pub fn start_engine(args: &EngineArgs, parallel: usize) -> Result<Engine> {
+/// `prompt_cache`: keep finished sequences' KV for the next prompt (a benchmark that repeats
+/// one prompt must not, or it measures the cache instead of prefill).
+pub fn start_engine(args: &EngineArgs, parallel: usize, prompt_cache: bool) -> Result<Engine> {
     let path = model_path::resolve(args.model.clone());
     let model = Model::load(
         &path,
@@ -61,6 +63,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize) -> Result<Engine> {
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
         kv_unified: args.kv_unified,
         flash_attention: args.flash_attn.engine(),
+        prompt_cache,
         ..EngineConfig::default()
     };
     Ok(Engine::start(Arc::new(model), config)?)
