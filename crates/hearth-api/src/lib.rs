@@ -1,6 +1,7 @@
 //! OpenAI wire types for hearth: requests, responses, stream chunks, validation, and the
 //! error type with its JSON body and HTTP status.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod depth;
@@ -42,9 +43,14 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 /// rather than with `#[serde(flatten)]`, which would lose the path of a bad value.
 pub fn parse_request<T: WithSampling>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = parse_body(body)?;
-    let mut request: T = from_value(&value)?;
-    *request.sampling_mut() = from_value(&value)?;
-    request.sampling_mut().guided = from_value(&value)?;
+    request_from_value(&value)
+}
+
+/// `parse_request` for a body already parsed (and depth-checked) into a value.
+pub fn request_from_value<T: WithSampling>(value: &serde_json::Value) -> Result<T, ApiError> {
+    let mut request: T = from_value(value)?;
+    *request.sampling_mut() = from_value(value)?;
+    request.sampling_mut().guided = from_value(value)?;
     Ok(request)
 }
 

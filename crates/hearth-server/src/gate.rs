@@ -76,7 +76,15 @@ impl Gate {
     }
 }
 
+/// The key a client sent: `Authorization: Bearer KEY` (OpenAI's SDKs), or `x-api-key: KEY`
+/// (Anthropic's).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        let key = key.trim();
+        if !key.is_empty() {
+            return Some(key);
+        }
+    }
     let value = headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

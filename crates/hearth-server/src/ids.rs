@@ -4,6 +4,11 @@ pub fn chat_completion_id() -> String {
     format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
 }
 
+/// Anthropic's message ids.
+pub fn message_id() -> String {
+    format!("msg_{:024x}", rand::random::<u128>() >> 32)
+}
+
 pub fn completion_id() -> String {
     format!("cmpl-{:024x}", rand::random::<u128>() >> 32)
 }

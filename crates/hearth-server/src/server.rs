@@ -105,6 +105,9 @@ fn app(state: AppState, access: &AccessConfig, guard: Arc<Guard>) -> Result<Rout
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::from_fn(guard::shape_errors))
+        .layer(axum::middleware::from_fn(
+            crate::routes::shape_anthropic_errors,
+        ))
         .layer(from_fn_with_state(state, access::track));
     if !access.cors_origins.is_empty() {
         app = app.layer(cors(&access.cors_origins)?);
@@ -122,11 +125,15 @@ fn cors(origins: &[String]) -> Result<CorsLayer> {
             .collect::<Result<Vec<_>>>()?;
         AllowOrigin::list(list)
     };
+    // Anthropic's browser clients send `x-api-key` and `anthropic-version`.
     let headers = [
         "authorization",
         "content-type",
         "x-priority",
         "x-request-id",
+        "x-api-key",
+        "anthropic-version",
+        "anthropic-beta",
     ]
     .map(HeaderName::from_static);
     let exposed = [

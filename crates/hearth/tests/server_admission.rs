@@ -322,13 +322,34 @@ fn api_keys_guard_everything_but_health() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(send("GET", &server.url("/health"), &[], None).status, 200);
+    // Anthropic's clients send `x-api-key`, and get Anthropic's error shape.
+    let message =
+        json!({"model": "smol", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]});
+    let messages = server.url("/v1/messages");
+    let refused = send("POST", &messages, &[], Some(&message));
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.json(),
+        json!({"type": "error", "error": {"type": "authentication_error",
+               "message": refused.json()["error"]["message"]}})
+    );
+    let ok = send(
+        "POST",
+        &messages,
+        &[("x-api-key", "sk-from-file")],
+        Some(&message),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.json()["type"], "message");
+    let wrong = send("GET", &models, &[("x-api-key", "sk-nope")], None);
+    assert_eq!(wrong.status, 401);
     assert_eq!(
         server.metric_with(
             "hearth:requests_rejected_total",
             "model=\"\",reason=\"unauthorized\"",
             &[("authorization", "Bearer sk-test-1")]
         ),
-        3.0
+        5.0
     );
     let _ = std::fs::remove_file(keys);
 }

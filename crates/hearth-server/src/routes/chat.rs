@@ -10,14 +10,14 @@ use hearth_api::chat::{
 };
 use hearth_api::logprobs::ChatLogprobs;
 use hearth_api::params::check_request_size;
-use hearth_api::parse_request;
+use hearth_api::{parse_request, ApiError};
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
 use super::stream::{collect, sse, ChoiceResult, ChunkFormat, Piece, ResponseHead};
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
-use crate::generate::start;
+use crate::generate::{start, Started};
 use crate::ids::chat_completion_id;
 use crate::state::AppState;
 
@@ -27,6 +27,56 @@ pub async fn chat_completions(
     RequestBody(body): RequestBody,
 ) -> Result<Response, HttpError> {
     let request = parse_request::<ChatCompletionRequest>(&body)?;
+    let ChatStart {
+        started,
+        calls,
+        logprobs,
+    } = start_chat(&state, &meta, &request).await?;
+    let meta = Meta {
+        head: ResponseHead::new(
+            chat_completion_id(),
+            &request.model,
+            "chat.completion.chunk",
+        ),
+        logprobs,
+        calls,
+    };
+    if request.sampling.streaming() {
+        return Ok(sse(started, meta, request.sampling.include_usage()));
+    }
+    let (results, usage) = collect(started).await?;
+    let choices = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| meta.choice(index, r))
+        .collect();
+    Ok(Json(ChatCompletion {
+        id: meta.head.id,
+        object: "chat.completion".into(),
+        created: meta.head.created,
+        model: meta.head.model,
+        system_fingerprint: meta.head.fingerprint,
+        choices,
+        usage,
+    })
+    .into_response())
+}
+
+/// A chat request running on its worker.
+pub(super) struct ChatStart {
+    pub started: Started,
+    /// Tool calls may come back: `Some(legacy)`, where legacy replies use `function_call`.
+    pub calls: Option<bool>,
+    pub logprobs: bool,
+}
+
+/// Validate a chat request, render nothing yet (the worker does), and start its choices.
+/// Shared by the APIs that map onto chat (Anthropic's Messages).
+pub(super) async fn start_chat(
+    state: &AppState,
+    meta: &RequestMeta,
+    request: &ChatCompletionRequest,
+) -> Result<ChatStart, ApiError> {
     let params = request.params()?;
     let n = request.sampling.choices()?;
     let messages = request.template_messages()?;
@@ -53,7 +103,7 @@ pub async fn chat_completions(
         tool_use,
     };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
-    let started = start(&state, &model, vec![(Arc::new(prompt), choices)], &meta)
+    let started = start(state, &model, vec![(Arc::new(prompt), choices)], meta)
         .await
         .map_err(|mut e| {
             // The worker checks the limit against the context; name the field the client sent.
@@ -62,34 +112,11 @@ pub async fn chat_completions(
             }
             e
         })?;
-    let meta = Meta {
-        head: ResponseHead::new(
-            chat_completion_id(),
-            &request.model,
-            "chat.completion.chunk",
-        ),
-        logprobs: params.top_logprobs.is_some(),
+    Ok(ChatStart {
+        started,
         calls,
-    };
-    if request.sampling.streaming() {
-        return Ok(sse(started, meta, request.sampling.include_usage()));
-    }
-    let (results, usage) = collect(started).await?;
-    let choices = results
-        .into_iter()
-        .enumerate()
-        .map(|(index, r)| meta.choice(index, r))
-        .collect();
-    Ok(Json(ChatCompletion {
-        id: meta.head.id,
-        object: "chat.completion".into(),
-        created: meta.head.created,
-        model: meta.head.model,
-        system_fingerprint: meta.head.fingerprint,
-        choices,
-        usage,
+        logprobs: params.top_logprobs.is_some(),
     })
-    .into_response())
 }
 
 struct Meta {
@@ -138,8 +165,8 @@ impl Meta {
     }
 }
 
-impl ChunkFormat for Meta {
-    fn opening(&self, index: usize) -> Option<Value> {
+impl Meta {
+    fn opening_chunk(&self, index: usize) -> Option<Value> {
         // With tools the reply may be only calls, whose message content is null.
         let content = if self.calls.is_some() {
             Value::Null
@@ -154,7 +181,7 @@ impl ChunkFormat for Meta {
         }])))
     }
 
-    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
+    fn delta_chunk(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
         let mut delta = serde_json::Map::new();
         if !piece.text.is_empty() {
             delta.insert("content".into(), json!(piece.text));
@@ -217,7 +244,7 @@ impl ChunkFormat for Meta {
         }])))
     }
 
-    fn finish(&self, index: usize, finish_reason: &str) -> Value {
+    fn finish_chunk(&self, index: usize, finish_reason: &str) -> Value {
         self.head.chunk(json!([{
             "index": index,
             "delta": {},
@@ -225,8 +252,25 @@ impl ChunkFormat for Meta {
             "finish_reason": self.finish_reason(finish_reason),
         }]))
     }
+}
 
-    fn usage(&self, usage: Usage) -> Value {
-        self.head.usage_chunk(usage)
+impl ChunkFormat for Meta {
+    fn opening(&mut self, index: usize) -> Vec<Value> {
+        self.opening_chunk(index).into_iter().collect()
+    }
+
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value> {
+        self.delta_chunk(index, piece).into_iter().collect()
+    }
+
+    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
+        vec![self.finish_chunk(index, finish_reason)]
+    }
+
+    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value> {
+        include_usage
+            .then(|| self.head.usage_chunk(usage))
+            .into_iter()
+            .collect()
     }
 }

@@ -98,12 +98,12 @@ struct Meta {
     offsets: Vec<usize>,
 }
 
-impl ChunkFormat for Meta {
-    fn opening(&self, _index: usize) -> Option<Value> {
+impl Meta {
+    fn opening_chunk(&self, _index: usize) -> Option<Value> {
         None
     }
 
-    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
+    fn delta_chunk(&mut self, index: usize, piece: Piece<'_>) -> Option<Value> {
         let (text, tokens) = (piece.text, piece.tokens);
         if text.is_empty() && (tokens.is_empty() || !self.logprobs) {
             return None;
@@ -126,7 +126,7 @@ impl ChunkFormat for Meta {
         }])))
     }
 
-    fn finish(&self, index: usize, finish_reason: &str) -> Value {
+    fn finish_chunk(&self, index: usize, finish_reason: &str) -> Value {
         self.head.chunk(json!([{
             "index": index,
             "text": "",
@@ -134,8 +134,25 @@ impl ChunkFormat for Meta {
             "finish_reason": finish_reason,
         }]))
     }
+}
 
-    fn usage(&self, usage: Usage) -> Value {
-        self.head.usage_chunk(usage)
+impl ChunkFormat for Meta {
+    fn opening(&mut self, index: usize) -> Vec<Value> {
+        self.opening_chunk(index).into_iter().collect()
+    }
+
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value> {
+        self.delta_chunk(index, piece).into_iter().collect()
+    }
+
+    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
+        vec![self.finish_chunk(index, finish_reason)]
+    }
+
+    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value> {
+        include_usage
+            .then(|| self.head.usage_chunk(usage))
+            .into_iter()
+            .collect()
     }
 }

@@ -3,12 +3,15 @@
 mod chat;
 mod completions;
 mod health;
+mod messages;
 mod metrics;
 mod models;
 mod stream;
 
 use axum::routing::{get, post};
 use axum::Router;
+
+pub use messages::shape_errors as shape_anthropic_errors;
 
 use crate::guard;
 use crate::state::AppState;
@@ -26,6 +29,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/completions",
             post(completions::completions).route_layer(json()),
         )
+        .route("/v1/messages", post(messages::messages).route_layer(json()))
         .route("/v1/models", get(models::list))
         .route(
             "/v1/models/{*id}",

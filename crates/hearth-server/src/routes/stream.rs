@@ -139,14 +139,31 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
     Ok((results, usage))
 }
 
-/// The shape of one endpoint's stream chunks.
+/// The shape of one endpoint's stream events.
 pub trait ChunkFormat: Send + 'static {
     /// Sent for each choice before its first token (chat: the role).
-    fn opening(&self, index: usize) -> Option<Value>;
-    /// New text (and reasoning, call pieces) and the tokens behind it; `None` sends nothing.
-    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Option<Value>;
-    fn finish(&self, index: usize, finish_reason: &str) -> Value;
-    fn usage(&self, usage: Usage) -> Value;
+    fn opening(&mut self, index: usize) -> Vec<Value>;
+    /// New text (and reasoning, call pieces) and the tokens behind it.
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value>;
+    /// A choice ended.
+    fn finish(&mut self, index: usize, finish_reason: &str, completion_tokens: usize)
+        -> Vec<Value>;
+    /// After the last choice: OpenAI's usage chunk (when asked for), and then `[DONE]`
+    /// unless `done_marker` says otherwise.
+    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value>;
+    /// Whether `data: [DONE]` ends the stream (OpenAI's APIs).
+    fn done_marker(&self) -> bool {
+        true
+    }
+    /// Whether each event is named by its chunk's `type` (`event: message_start`, as
+    /// Anthropic's and OpenAI's Responses streams are).
+    fn named_events(&self) -> bool {
+        false
+    }
+    /// The event that reports an error after the stream began.
+    fn error(&self, error: &ApiError) -> Value {
+        error.body()
+    }
 }
 
 struct Driver<F> {
@@ -192,8 +209,19 @@ impl<F: ChunkFormat> Driver<F> {
                 object.entry("usage").or_insert(Value::Null);
             }
         }
-        self.queue
-            .push_back(Event::default().data(chunk.to_string()));
+        let mut event = Event::default();
+        if self.format.named_events() {
+            if let Some(name) = chunk.get("type").and_then(Value::as_str) {
+                event = event.event(name);
+            }
+        }
+        self.queue.push_back(event.data(chunk.to_string()));
+    }
+
+    fn push_all(&mut self, chunks: Vec<Value>) {
+        for chunk in chunks {
+            self.push(chunk);
+        }
     }
 
     async fn next_event(&mut self) -> Option<Event> {
@@ -207,21 +235,22 @@ impl<F: ChunkFormat> Driver<F> {
             if !self.opened {
                 self.opened = true;
                 for index in 0..self.started.choices() {
-                    if let Some(chunk) = self.format.opening(index) {
-                        self.push(chunk);
-                    }
+                    let chunks = self.format.opening(index);
+                    self.push_all(chunks);
                 }
                 continue;
             }
             match self.started.next().await {
                 Ok(Some((index, event))) => self.on_event(index, event),
                 Ok(None) => {
-                    if self.include_usage {
-                        let usage = self.started.usage(self.completion_tokens, &self.cached);
-                        let chunk = self.format.usage(usage);
-                        self.push(chunk);
+                    let usage = self.started.usage(self.completion_tokens, &self.cached);
+                    let chunks = self.format.close(usage, self.include_usage);
+                    // The usage chunk is the one chunk without `"usage": null`.
+                    self.include_usage = false;
+                    self.push_all(chunks);
+                    if self.format.done_marker() {
+                        self.queue.push_back(Event::default().data("[DONE]"));
                     }
-                    self.queue.push_back(Event::default().data("[DONE]"));
                     self.finished = true;
                 }
                 Err(error) => self.fail(error),
@@ -245,9 +274,8 @@ impl<F: ChunkFormat> Driver<F> {
                     tool_calls: &tool_calls,
                     tokens: &tokens,
                 };
-                if let Some(chunk) = self.format.delta(index, piece) {
-                    self.push(chunk);
-                }
+                let chunks = self.format.delta(index, piece);
+                self.push_all(chunks);
             }
             WorkerEvent::Done {
                 finish_reason,
@@ -256,8 +284,8 @@ impl<F: ChunkFormat> Driver<F> {
             } => {
                 self.completion_tokens += completion_tokens;
                 self.cached[index] = cached_tokens;
-                let chunk = self.format.finish(index, &finish_reason);
-                self.push(chunk);
+                let chunks = self.format.finish(index, &finish_reason, completion_tokens);
+                self.push_all(chunks);
             }
             WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => self.fail(error),
         }
@@ -266,8 +294,9 @@ impl<F: ChunkFormat> Driver<F> {
     /// An error after the stream began: one error event, then the stream ends.
     fn fail(&mut self, error: ApiError) {
         tracing::warn!(%error, "stream ended with an error");
-        self.queue
-            .push_back(Event::default().data(error.body().to_string()));
+        let chunk = self.format.error(&error);
+        self.include_usage = false;
+        self.push(chunk);
         self.finished = true;
     }
 }
