@@ -148,3 +148,35 @@ def test_the_sdk_reads_json_errors_even_from_outer_layers(tool_server):
     assert response.status_code == 415
     assert response.json()["type"] == "error"
     assert json.loads(httpx.get(f"{root}/v1/messages").text)["type"] == "error"
+
+
+def test_count_tokens_is_what_the_message_reads(claude):
+    kwargs = dict(model="qwen", system="Be brief.", tools=[WEATHER], messages=ASK)
+    counted = claude.messages.count_tokens(**kwargs)
+    reply = claude.messages.create(max_tokens=1, extra_body=GREEDY, **kwargs)
+    assert counted.input_tokens == reply.usage.input_tokens > 0
+
+
+def test_tokenize_and_detokenize_match_what_generation_reads(tool_server, openai_client):
+    import httpx
+    root = tool_server.base_url.removesuffix("/v1")
+    text = "The quick brown fox jumps over the lazy dog. Ünïcödé ✓"
+    tokens = httpx.post(f"{root}/tokenize", json={"model": "smol", "content": text}).json()
+    completion = openai_client.completions.create(model="smol", prompt=text, max_tokens=1)
+    assert tokens["count"] == len(tokens["tokens"]) == completion.usage.prompt_tokens
+    back = httpx.post(f"{root}/detokenize", json={"model": "smol", "tokens": tokens["tokens"]})
+    assert back.json()["content"] == text
+    pieces = httpx.post(f"{root}/tokenize", json={
+        "model": "smol", "prompt": text, "with_pieces": True}).json()["tokens"]
+    joined = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"])
+                      for p in pieces)
+    assert joined.decode() == text
+    assert any(isinstance(p["piece"], list) for p in pieces), "a piece that splits a character"
+    messages = [{"role": "user", "content": "Hello there"}]
+    chat_count = httpx.post(f"{root}/tokenize", json={"model": "qwen", "messages": messages}).json()
+    chat = openai_client.chat.completions.create(model="qwen", messages=messages, max_tokens=1)
+    assert chat_count["count"] == chat.usage.prompt_tokens
+    bad = httpx.post(f"{root}/detokenize", json={"model": "smol", "tokens": [10 ** 9]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[0]"
+    both = httpx.post(f"{root}/tokenize", json={"model": "smol", "content": "a", "messages": []})
+    assert both.status_code == 400

@@ -71,6 +71,14 @@ impl WithSampling for completions::CompletionRequest {
     }
 }
 
+/// A value already parsed (and depth-checked) as a request type; a type error names the
+/// parameter.
+pub fn parse_value<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<T, ApiError> {
+    from_value(value)
+}
+
 fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();

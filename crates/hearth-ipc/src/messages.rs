@@ -40,6 +40,18 @@ pub enum ToWorker {
     Cancel {
         id: u64,
     },
+    /// Render (chat) and tokenize a prompt; answered by `Tokenized` or `Failed`.
+    Tokenize {
+        id: u64,
+        prompt: PromptSpec,
+        /// Text prompts: add the model's BOS/EOS as it wants them.
+        add_special: bool,
+    },
+    /// Token ids to text; answered by `Detokenized` or `Failed`.
+    Detokenize {
+        id: u64,
+        tokens: Vec<u32>,
+    },
     Ping {
         nonce: u64,
     },
@@ -130,6 +142,17 @@ pub enum FromWorker {
         nonce: u64,
         status: WorkerStatus,
     },
+    /// The tokens of a `Tokenize` prompt, and each one's bytes (a piece may be part of a
+    /// character).
+    Tokenized {
+        id: u64,
+        tokens: Vec<u32>,
+        pieces: Vec<Vec<u8>>,
+    },
+    Detokenized {
+        id: u64,
+        text: String,
+    },
     /// The worker cannot serve (the model failed to load) and is exiting.
     Fatal {
         message: String,
@@ -143,7 +166,9 @@ impl Framed for ToWorker {
                 first: *id,
                 count: u32::try_from(choices.len()).unwrap_or(u32::MAX),
             },
-            ToWorker::Cancel { id } => FrameIds::one(*id),
+            ToWorker::Cancel { id }
+            | ToWorker::Tokenize { id, .. }
+            | ToWorker::Detokenize { id, .. } => FrameIds::one(*id),
             ToWorker::Ping { .. } | ToWorker::Shutdown => FrameIds::NONE,
         }
     }
@@ -155,7 +180,9 @@ impl Framed for FromWorker {
             FromWorker::Accepted { id, .. }
             | FromWorker::Delta { id, .. }
             | FromWorker::Done { id, .. }
-            | FromWorker::Failed { id, .. } => FrameIds::one(*id),
+            | FromWorker::Failed { id, .. }
+            | FromWorker::Tokenized { id, .. }
+            | FromWorker::Detokenized { id, .. } => FrameIds::one(*id),
             FromWorker::Ready(_) | FromWorker::Pong { .. } | FromWorker::Fatal { .. } => {
                 FrameIds::NONE
             }

@@ -74,14 +74,22 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     });
     // Rendering, tokenizing and compiling grammars happen on their own thread: this one
     // must stay free to answer pings and cancels, however large a prompt is.
-    let (jobs, inbox) = mpsc::channel::<Job>();
+    let (jobs, inbox) = mpsc::channel::<Work>();
     let preparer = {
         let worker = worker.clone();
         std::thread::Builder::new()
             .name("hearth-prepare".into())
             .spawn(move || {
-                for job in inbox {
-                    worker.prepare_and_submit(job);
+                for work in inbox {
+                    match work {
+                        Work::Generate(job) => worker.prepare_and_submit(job),
+                        Work::Tokenize {
+                            id,
+                            prompt,
+                            add_special,
+                        } => worker.answer_tokenize(id, prompt, add_special),
+                        Work::Detokenize { id, tokens } => worker.answer_detokenize(id, &tokens),
+                    }
                 }
             })?
     };
@@ -114,18 +122,37 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 let ids: Vec<u64> = (id..).take(choices.len()).collect();
                 worker.track(&ids);
                 if jobs
-                    .send(Job {
+                    .send(Work::Generate(Job {
                         ids,
                         prompt,
                         choices,
                         priority,
-                    })
+                    }))
                     .is_err()
                 {
                     break;
                 }
             }
             ToWorker::Cancel { id } => worker.cancel(id),
+            ToWorker::Tokenize {
+                id,
+                prompt,
+                add_special,
+            } => {
+                let work = Work::Tokenize {
+                    id,
+                    prompt,
+                    add_special,
+                };
+                if jobs.send(work).is_err() {
+                    break;
+                }
+            }
+            ToWorker::Detokenize { id, tokens } => {
+                if jobs.send(Work::Detokenize { id, tokens }).is_err() {
+                    break;
+                }
+            }
             ToWorker::Ping { nonce } => worker.pong(nonce),
             ToWorker::Shutdown => break,
         }
@@ -178,6 +205,20 @@ fn send(outbox: &Outbox, message: &FromWorker) -> bool {
     write_frame(&mut *stream, message).is_ok()
 }
 
+/// What the preparing thread does, in arrival order.
+enum Work {
+    Generate(Job),
+    Tokenize {
+        id: u64,
+        prompt: PromptSpec,
+        add_special: bool,
+    },
+    Detokenize {
+        id: u64,
+        tokens: Vec<u32>,
+    },
+}
+
 /// One prompt's sequences, waiting for the preparing thread.
 struct Job {
     ids: Vec<u64>,
@@ -228,6 +269,49 @@ impl Worker {
                 error,
             },
         );
+    }
+
+    /// `/tokenize`: the prompt's tokens as a generation would see them, and their text.
+    fn answer_tokenize(&self, id: u64, prompt: PromptSpec, add_special: bool) {
+        let model = self.engine.model();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match prompt {
+            // As a completion reads its prompt: special-token text is not parsed.
+            PromptSpec::Text(text) => Ok(model.tokenize(&text, add_special, false)),
+            prompt => self.tokenize(prompt).map(|p| p.tokens),
+        }));
+        match outcome {
+            Ok(Ok(tokens)) => {
+                let pieces = tokens
+                    .iter()
+                    .map(|&t| model.token_bytes(t).to_vec())
+                    .collect();
+                send(&self.outbox, &FromWorker::Tokenized { id, tokens, pieces });
+            }
+            Ok(Err(error)) => self.fail(id, error),
+            Err(_) => self.fail(id, ApiError::internal("the worker failed while tokenizing")),
+        }
+    }
+
+    /// `/detokenize`: ids to text (bytes that are not UTF-8 become U+FFFD).
+    fn answer_detokenize(&self, id: u64, tokens: &[u32]) {
+        let model = self.engine.model();
+        let vocab = model.info().vocab_size;
+        if let Some(bad) = tokens.iter().position(|&t| t >= vocab) {
+            let error = ApiError::invalid_value(
+                &format!("tokens[{bad}]"),
+                format!(
+                    "token {} is outside the vocabulary (size {vocab})",
+                    tokens[bad]
+                ),
+            );
+            return self.fail(id, error);
+        }
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&t| model.token_bytes(t).iter().copied())
+            .collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        send(&self.outbox, &FromWorker::Detokenized { id, text });
     }
 
     /// Render and tokenize once, then prepare and submit every choice. A panic here (a bug)

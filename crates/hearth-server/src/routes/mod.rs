@@ -7,6 +7,7 @@ mod messages;
 mod metrics;
 mod models;
 mod stream;
+mod tokenize;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -30,6 +31,15 @@ pub fn router(state: AppState) -> Router {
             post(completions::completions).route_layer(json()),
         )
         .route("/v1/messages", post(messages::messages).route_layer(json()))
+        .route(
+            "/v1/messages/count_tokens",
+            post(tokenize::count_tokens).route_layer(json()),
+        )
+        .route("/tokenize", post(tokenize::tokenize).route_layer(json()))
+        .route(
+            "/detokenize",
+            post(tokenize::detokenize).route_layer(json()),
+        )
         .route("/v1/models", get(models::list))
         .route(
             "/v1/models/{*id}",

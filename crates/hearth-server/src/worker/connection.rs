@@ -10,7 +10,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
-use super::{Shared, WorkerEvent};
+use super::{Answer, Shared, WorkerEvent};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -133,7 +133,23 @@ fn route(shared: &Shared, message: FromWorker) {
             mut error,
         } => {
             error.status = status;
+            if let Some(caller) = shared.lock_calls().remove(&id) {
+                let _ = caller.send(Err(error));
+                return;
+            }
             (id, WorkerEvent::Failed(error))
+        }
+        FromWorker::Tokenized { id, tokens, pieces } => {
+            if let Some(caller) = shared.lock_calls().remove(&id) {
+                let _ = caller.send(Ok(Answer::Tokens { tokens, pieces }));
+            }
+            return;
+        }
+        FromWorker::Detokenized { id, text } => {
+            if let Some(caller) = shared.lock_calls().remove(&id) {
+                let _ = caller.send(Ok(Answer::Text(text)));
+            }
+            return;
         }
         FromWorker::Pong { nonce, status } => {
             if let Some(waiter) = shared.lock_pings().remove(&nonce) {

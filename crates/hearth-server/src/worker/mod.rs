@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How long a worker has to answer a ping before it counts as hung.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a tokenize or detokenize may take (a huge chat prompt renders in well under it).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the orchestrator hears about one request.
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ type Route = (usize, mpsc::UnboundedSender<(usize, WorkerEvent)>);
 pub(crate) struct Shared {
     routes: Mutex<HashMap<u64, Route>>,
     pings: Mutex<HashMap<u64, oneshot::Sender<WorkerStatus>>>,
+    /// Tokenize and detokenize requests waiting for their answer.
+    calls: Mutex<HashMap<u64, oneshot::Sender<Result<Answer, ApiError>>>>,
     alive: AtomicBool,
     /// Set before a hung worker is killed, so its requests get 504 rather than 503.
     hung: AtomicBool,
@@ -84,6 +88,10 @@ impl Shared {
         self.pings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CallReply>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The connection is gone: every request still routed here ends with an error.
     pub(crate) fn fail_all(&self, model: &str) {
         self.alive.store(false, Ordering::SeqCst);
@@ -100,8 +108,22 @@ impl Shared {
             let _ = route.send((index, event.clone()));
         }
         self.lock_pings().clear();
+        // Dropped senders: each waiting call sees the worker gone.
+        self.lock_calls().clear();
     }
 }
+
+/// A worker's answer to a tokenize or detokenize request.
+#[derive(Debug)]
+pub enum Answer {
+    Tokens {
+        tokens: Vec<u32>,
+        pieces: Vec<Vec<u8>>,
+    },
+    Text(String),
+}
+
+pub(crate) type CallReply = oneshot::Sender<Result<Answer, ApiError>>;
 
 /// What the periodic pings have seen.
 #[derive(Debug, Clone)]
@@ -234,6 +256,63 @@ impl Worker {
     pub fn cancel(&self, id: u64) {
         if self.shared.lock_routes().remove(&id).is_some() {
             let _ = self.outbox.send(ToWorker::Cancel { id });
+        }
+    }
+
+    /// Tokenize a prompt as a generation would (chat prompts rendered by the template).
+    pub async fn tokenize(
+        &self,
+        prompt: PromptSpec,
+        add_special: bool,
+    ) -> Result<(Vec<u32>, Vec<Vec<u8>>), ApiError> {
+        match self
+            .call(|id| ToWorker::Tokenize {
+                id,
+                prompt,
+                add_special,
+            })
+            .await?
+        {
+            Answer::Tokens { tokens, pieces } => Ok((tokens, pieces)),
+            Answer::Text(_) => Err(ApiError::internal("the worker answered out of turn")),
+        }
+    }
+
+    pub async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, ApiError> {
+        match self.call(|id| ToWorker::Detokenize { id, tokens }).await? {
+            Answer::Text(text) => Ok(text),
+            Answer::Tokens { .. } => Err(ApiError::internal("the worker answered out of turn")),
+        }
+    }
+
+    /// One request-and-answer with the worker (no slot, no events).
+    async fn call(&self, message: impl FnOnce(u64) -> ToWorker) -> Result<Answer, ApiError> {
+        let lost = || {
+            ApiError::worker_failed(format!(
+                "the worker for model '{}' went away; retry the request",
+                self.model_id
+            ))
+        };
+        if !self.is_alive() {
+            return Err(lost());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock_calls().insert(id, tx);
+        if self.outbox.send(message(id)).is_err() {
+            self.shared.lock_calls().remove(&id);
+            return Err(lost());
+        }
+        let answer = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+        self.shared.lock_calls().remove(&id);
+        match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => Err(ApiError::timeout(format!(
+                "the worker for model '{}' did not answer within {} s",
+                self.model_id,
+                CALL_TIMEOUT.as_secs()
+            ))),
         }
     }
 
