@@ -1,6 +1,7 @@
 """Start `hearth serve` (or a peer, llama.cpp's `llama-server`) for a benchmark script and return
 its OpenAI client."""
 import collections
+import os
 import pathlib
 import re
 import socket
@@ -18,7 +19,7 @@ DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 def serve(model=DEFAULT_MODEL, threads=2, ctx_size=2048, parallel=1, extra=()):
     """(process, base_url, client) for a server on a free port, model loaded, id "m"."""
     process = subprocess.Popen(
-        [str(ROOT / "target/release/hearth"), "serve", "--port", "0", "--threads", str(threads),
+        [os.environ.get("HEARTH_BIN", str(ROOT / "target/release/hearth")), "serve", "--port", "0", "--threads", str(threads),
          "--ctx-size", str(ctx_size), "--parallel", str(parallel), "--preload",
          "--model", f"m={model}", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

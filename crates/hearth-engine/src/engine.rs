@@ -57,11 +57,11 @@ pub struct EngineConfig {
 /// of three kernels by the ubatch's shape — a split-KV kernel (one chunk per thread, merged
 /// afterwards) for a lone decode token once the attended window reaches 512 cells, a tiled
 /// f32 kernel for 64+ query tokens of one sequence, and an f16 one otherwise — and their
-/// results differ in the last bits. So a greedy reply changed with what ran beside it (after
-/// ~200 tokens), with how its prompt was chunked, and so with prompt-cache hits. Without
-/// them (matrix products and a softmax) every output element is one dot product in a fixed
-/// order: tokens are identical whatever the batch, chunking or cache (tested over 600
-/// tokens). Measured cost on the CPU: docs/benchmarks.md.
+/// results differ in the last bits. A greedy reply changed with what ran beside it (after
+/// ~200 tokens) and with how its prompt was chunked (42 + 30 tokens vs 72). Without them
+/// (matrix products and a softmax) neither the attended window nor the batch-mates change a
+/// row's numbers; what remains is llama.cpp's one-row vs tiled matrix kernels (see
+/// docs/architecture.md, exactness). Not slower here: docs/benchmarks.md.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FlashAttention {
     /// Off on a CPU-only model (batch invariance), llama.cpp's choice once layers are on a

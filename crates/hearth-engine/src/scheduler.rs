@@ -85,6 +85,12 @@ struct HostEntry<S> {
     used_at: u64,
 }
 
+/// Prompt tokens decoded again on a cache hit, for fresh logits. Two, not one: llama.cpp
+/// computes a batch row alone with its one-row kernels (`vec_dot`) and several rows of one
+/// sequence with its tiled ones (llamafile's sgemm), which round differently; a tail of two
+/// is read like the cold prompt was, so a repeated prompt's reply equals its cold one.
+const REDECODE_TOKENS: usize = 2;
+
 /// Caches shorter than this are not saved to host memory (the copy costs more than it saves).
 const HOST_MIN_TOKENS: usize = 64;
 
@@ -428,7 +434,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                     || self.running.is_empty()
                     || (packed && (s + 1 == low || s == high + 1)))
         };
-        let limit = prompt.len().saturating_sub(1);
+        let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let held = |s: usize| {
             if self.prompt_cache {
                 common_prefix(&self.slots[s].tokens, prompt).min(limit)
@@ -455,7 +461,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .max()
             .unwrap_or(0);
         self.running.iter().any(|seq| {
-            let shared = common_prefix(&seq.prompt, prompt).min(prompt.len().saturating_sub(1));
+            let shared = common_prefix(&seq.prompt, prompt)
+                .min(prompt.len().saturating_sub(REDECODE_TOKENS));
             seq.prefilled < shared && shared >= held + SHARE_PREFILL_TOKENS
         })
     }
@@ -466,7 +473,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// At least the last prompt token is decoded again, for fresh logits. Returns the
     /// number of prompt tokens reused.
     fn reuse_cache(&mut self, slot: usize, prompt: &[u32]) -> usize {
-        let limit = prompt.len().saturating_sub(1);
+        let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let mut best = (0, slot);
         if self.prompt_cache {
             best.0 = common_prefix(&self.slots[slot].tokens, prompt).min(limit);
@@ -574,7 +581,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         if self.host_limit == 0 || self.pending[slot] {
             return None;
         }
-        let limit = prompt.len().saturating_sub(1);
+        let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let (index, covered) = self
             .host
             .iter()
@@ -1047,17 +1054,21 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_prompt_decodes_only_its_last_token_again() {
+    fn a_repeated_prompt_decodes_only_its_tail_again() {
         let mut h = Harness::new(2, true);
         let p = prompt(1, 100);
         let (first, cached) = h.generate(&p, 6);
         assert_eq!(cached, 0);
         let before = h.decoded();
         let (second, cached) = h.generate(&p, 6);
-        assert_eq!(cached, 99, "all but the last prompt token");
+        assert_eq!(
+            cached,
+            100 - REDECODE_TOKENS,
+            "all but the last prompt tokens"
+        );
         assert_eq!(second, first);
-        // One prompt token, then the generated ones (the last sampled is never decoded).
-        assert_eq!(h.decoded() - before, 1 + 5);
+        // The tail of the prompt, then the generated ones (the last sampled is never decoded).
+        assert_eq!(h.decoded() - before, REDECODE_TOKENS + 5);
     }
 
     #[test]
@@ -1090,13 +1101,13 @@ mod tests {
         );
         // x again: it runs in the slot that kept its cache, and the output is as if cold.
         let (again, cached) = h.generate(&x, 4);
-        assert_eq!(cached, 59);
+        assert_eq!(cached, 60 - REDECODE_TOKENS);
         assert_eq!(again, cold(&x, 4));
         // With y running in slot 0, x's cache is copied next to it (slots stay packed).
         let (_, y_run) = h.submit(&y, 20);
         h.step();
         let (again, cached) = h.generate(&x, 4);
-        assert_eq!((again, cached), (cold(&x, 4), 59));
+        assert_eq!((again, cached), (cold(&x, 4), 60 - REDECODE_TOKENS));
         assert!(h.kv(1).starts_with(&x));
         assert!(y_run.lock().unwrap().error.is_none());
     }
@@ -1113,7 +1124,8 @@ mod tests {
         let runs: Vec<_> = prompts.iter().rev().map(|p| h.submit(p, 4).1).collect();
         h.run_until_idle();
         for run in &runs {
-            assert_eq!(run.lock().unwrap().usage.unwrap().cached_tokens, 49);
+            let cached = run.lock().unwrap().usage.unwrap().cached_tokens;
+            assert_eq!(cached, 50 - REDECODE_TOKENS);
         }
         assert_eq!(
             h.scheduler.backend.copies, copies_before,
@@ -1155,7 +1167,7 @@ mod tests {
         assert!(h.scheduler.backend.saves > 0);
         let (again, cached) = h.generate(&a, 5);
         assert_eq!(h.scheduler.backend.restores, 1);
-        assert_eq!(cached, 99);
+        assert_eq!(cached, 100 - REDECODE_TOKENS);
         assert_eq!(again, first);
         assert_eq!(again, cold(&a, 5));
     }
@@ -1172,7 +1184,7 @@ mod tests {
         assert_eq!(h.scheduler.host.len(), 2);
         // The oldest were evicted; the one before the last (saved last) comes back.
         assert!(h.generate(&conversations[0], 5).1 < 64);
-        assert_eq!(h.generate(&conversations[3], 5).1, 99);
+        assert_eq!(h.generate(&conversations[3], 5).1, 100 - REDECODE_TOKENS);
     }
 
     #[test]
@@ -1189,8 +1201,8 @@ mod tests {
             .flatten()
             .filter(|e| e.position < p.len())
             .count();
-        // One full prefill, then one token each for the three copies.
-        assert_eq!(prompt_entries, 100 + 3);
+        // One full prefill, then the tail for each of the three copies.
+        assert_eq!(prompt_entries, 100 + 3 * REDECODE_TOKENS);
         let expected = cold(&p, 6);
         for run in runs {
             assert_eq!(run.lock().unwrap().tokens, expected);
