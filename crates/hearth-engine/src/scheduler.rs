@@ -416,8 +416,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// ubatch: see `step`), so the candidates are the free slots next to that run — all of
     /// them when every slot is about to be busy anyway (`filling`) or none runs. Among them,
     /// the one whose cache holds most of `prompt` (no copy, nothing displaced: 8 streams
-    /// resending their prompts each find their own slot), ties to the lowest. Without a
-    /// candidate, the lowest free slot.
+    /// resending their prompts each find their own slot); ties go to an empty slot, else the
+    /// least recently used. Without a candidate, the lowest free slot.
     fn choose_slot(&self, prompt: &[u32], filling: bool) -> usize {
         let lowest = *self.free_slots.last().expect("a slot is free");
         let (low, high) = match (
@@ -446,7 +446,16 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .iter()
             .copied()
             .filter(|&s| candidate(s))
-            .max_by_key(|&s| (held(s), std::cmp::Reverse(s)))
+            .max_by_key(|&s| {
+                let slot = &self.slots[s];
+                // Ties: an empty slot, else the least recently used cache, else the lowest.
+                (
+                    held(s),
+                    slot.tokens.is_empty(),
+                    std::cmp::Reverse(slot.released_at),
+                    std::cmp::Reverse(s),
+                )
+            })
             .unwrap_or(lowest)
     }
 
@@ -494,29 +503,25 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         if let Some(restored) = self.restore_from_host(slot, prompt, reused) {
             return restored;
         }
-        // Most of the slot's own cache is not what this request needs (chat prompts share
-        // their template's opening, little more): keep it in the free slot whose cache
-        // matters least (an empty one, else the oldest) rather than lose it.
+        // Most of the slot's own cache is not what this request needs: keep it in an empty
+        // free slot, or else in host memory — never over another free slot's cache, which
+        // is some other conversation's own (8 streams resending their prompts at once each
+        // lost theirs to the one before when it was moved into "the oldest" slot).
         if self.prompt_cache && self.slots[slot].tokens.len() >= reused + KEEP_CACHE_TOKENS {
-            let victim = self
+            let empty = self
                 .free_slots
                 .iter()
                 .copied()
-                .filter(|&v| v != source)
-                .min_by_key(|&v| (!self.slots[v].tokens.is_empty(), self.slots[v].released_at));
-            match victim {
-                Some(victim)
-                    if self.slots[victim].released_at < self.slots[slot].released_at
-                        || self.slots[victim].tokens.is_empty() =>
-                {
-                    // The older cache it overwrites goes to host memory, if there is room.
-                    self.save_to_host(victim);
+                .filter(|&v| v != source && !self.pending[v] && self.slots[v].tokens.is_empty())
+                .min();
+            match empty {
+                Some(victim) => {
                     self.backend.copy(slot, victim);
                     self.pending[slot] = true;
                     self.pending[victim] = true;
                     self.slots[victim] = self.slots[slot].clone();
                 }
-                _ => self.save_to_host(slot),
+                None => self.save_to_host(slot),
             }
         }
         if reused > 0 && source != slot {
@@ -1086,30 +1091,29 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_in_another_slot_is_copied_and_the_displaced_one_kept() {
-        let mut h = Harness::new(3, true);
-        let x = prompt(4, 60);
-        let y = prompt(5, 60);
-        h.generate(&x, 4); // slot 0 holds x
-                           // y takes slot 0 (the lowest); x's cache moves to an empty slot instead of being lost.
-        let (_, cached) = h.generate(&y, 4);
-        assert_eq!(cached, 0);
-        assert_eq!(&h.kv(0)[..60], &y[..]);
-        assert!(
-            (1..3).any(|s| h.kv(s).starts_with(&x)),
-            "x's cache survived"
-        );
-        // x again: it runs in the slot that kept its cache, and the output is as if cold.
-        let (again, cached) = h.generate(&x, 4);
-        assert_eq!(cached, 60 - REDECODE_TOKENS);
-        assert_eq!(again, cold(&x, 4));
-        // With y running in slot 0, x's cache is copied next to it (slots stay packed).
-        let (_, y_run) = h.submit(&y, 20);
-        h.step();
+    fn a_cache_is_copied_next_to_the_running_slots_and_others_are_left_alone() {
+        let mut h = Harness::new(4, true);
+        let (x, y, z) = (prompt(4, 60), prompt(5, 60), prompt(6, 30));
+        h.generate(&x, 4); // slot 0
+        h.generate(&y, 4); // an empty slot rather than x's: slot 1
+        assert!(h.kv(0).starts_with(&x) && h.kv(1).starts_with(&y));
+        let (_, z_run) = h.submit(&z, 40);
+        h.step(); // z runs in slot 2
+                  // x again: slots next to z's are 1 (y's) and 3 (empty); x's cache is copied into 3.
+        let copies = h.scheduler.backend.copies;
         let (again, cached) = h.generate(&x, 4);
         assert_eq!((again, cached), (cold(&x, 4), 60 - REDECODE_TOKENS));
-        assert!(h.kv(1).starts_with(&x));
-        assert!(y_run.lock().unwrap().error.is_none());
+        assert!(h.kv(3).starts_with(&x));
+        assert_eq!(h.scheduler.backend.copies, copies + 1);
+        // y again: its own slot is next to z's, so no copy.
+        let (again, cached) = h.generate(&y, 4);
+        assert_eq!((again, cached), (cold(&y, 4), 60 - REDECODE_TOKENS));
+        assert_eq!(h.scheduler.backend.copies, copies + 1);
+        assert!(
+            h.kv(0).starts_with(&x),
+            "x's first cache was left where it was"
+        );
+        assert!(z_run.lock().unwrap().error.is_none());
     }
 
     #[test]
