@@ -6,19 +6,13 @@ import anthropic
 import jsonschema
 import pytest
 from openai import OpenAI
+from test_tools import WEATHER as CHAT_WEATHER
 
+# The chat tests' tool, in Anthropic's shape.
 WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
+    "name": CHAT_WEATHER["function"]["name"],
+    "description": CHAT_WEATHER["function"]["description"],
+    "input_schema": CHAT_WEATHER["function"]["parameters"],
 }
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 # The current SDK has no `temperature` argument (older ones do); the API takes it.

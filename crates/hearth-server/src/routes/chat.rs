@@ -5,16 +5,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_api::chat::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage,
-};
+use hearth_api::chat::{AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest};
 use hearth_api::logprobs::ChatLogprobs;
 use hearth_api::params::check_request_size;
 use hearth_api::{parse_request, ApiError};
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChoiceResult, ChunkFormat, Piece, ResponseHead};
+use super::stream::{collect, sse, ChoiceResult, OpenAiChunks, Piece, ResponseHead};
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::{start, Started};
@@ -165,7 +163,11 @@ impl Meta {
     }
 }
 
-impl Meta {
+impl OpenAiChunks for Meta {
+    fn head(&self) -> &ResponseHead {
+        &self.head
+    }
+
     fn opening_chunk(&self, index: usize) -> Option<Value> {
         // With tools the reply may be only calls, whose message content is null.
         let content = if self.calls.is_some() {
@@ -251,26 +253,5 @@ impl Meta {
             "logprobs": null,
             "finish_reason": self.finish_reason(finish_reason),
         }]))
-    }
-}
-
-impl ChunkFormat for Meta {
-    fn opening(&mut self, index: usize) -> Vec<Value> {
-        self.opening_chunk(index).into_iter().collect()
-    }
-
-    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value> {
-        self.delta_chunk(index, piece).into_iter().collect()
-    }
-
-    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
-        vec![self.finish_chunk(index, finish_reason)]
-    }
-
-    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value> {
-        include_usage
-            .then(|| self.head.usage_chunk(usage))
-            .into_iter()
-            .collect()
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_api::chat::Usage;
 use hearth_api::completions::{Completion, CompletionChoice, CompletionRequest, Prompt};
 use hearth_api::logprobs::CompletionLogprobs;
 use hearth_api::params::check_request_size;
@@ -13,7 +12,7 @@ use hearth_api::parse_request;
 use hearth_ipc::PromptSpec;
 use serde_json::{json, Value};
 
-use super::stream::{collect, sse, ChunkFormat, Piece, ResponseHead};
+use super::stream::{collect, sse, OpenAiChunks, Piece, ResponseHead};
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
 use crate::generate::start;
@@ -98,7 +97,11 @@ struct Meta {
     offsets: Vec<usize>,
 }
 
-impl Meta {
+impl OpenAiChunks for Meta {
+    fn head(&self) -> &ResponseHead {
+        &self.head
+    }
+
     fn opening_chunk(&self, _index: usize) -> Option<Value> {
         None
     }
@@ -133,26 +136,5 @@ impl Meta {
             "logprobs": null,
             "finish_reason": finish_reason,
         }]))
-    }
-}
-
-impl ChunkFormat for Meta {
-    fn opening(&mut self, index: usize) -> Vec<Value> {
-        self.opening_chunk(index).into_iter().collect()
-    }
-
-    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value> {
-        self.delta_chunk(index, piece).into_iter().collect()
-    }
-
-    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
-        vec![self.finish_chunk(index, finish_reason)]
-    }
-
-    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value> {
-        include_usage
-            .then(|| self.head.usage_chunk(usage))
-            .into_iter()
-            .collect()
     }
 }

@@ -166,6 +166,36 @@ pub trait ChunkFormat: Send + 'static {
     }
 }
 
+/// OpenAI's chunk shapes (chat and text completions): at most one chunk per event, the
+/// usage chunk at the end when asked for, then `[DONE]`.
+pub trait OpenAiChunks: Send + 'static {
+    fn head(&self) -> &ResponseHead;
+    fn opening_chunk(&self, index: usize) -> Option<Value>;
+    fn delta_chunk(&mut self, index: usize, piece: Piece<'_>) -> Option<Value>;
+    fn finish_chunk(&self, index: usize, finish_reason: &str) -> Value;
+}
+
+impl<T: OpenAiChunks> ChunkFormat for T {
+    fn opening(&mut self, index: usize) -> Vec<Value> {
+        self.opening_chunk(index).into_iter().collect()
+    }
+
+    fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value> {
+        self.delta_chunk(index, piece).into_iter().collect()
+    }
+
+    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
+        vec![self.finish_chunk(index, finish_reason)]
+    }
+
+    fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value> {
+        include_usage
+            .then(|| self.head().usage_chunk(usage))
+            .into_iter()
+            .collect()
+    }
+}
+
 struct Driver<F> {
     started: Started,
     format: F,
