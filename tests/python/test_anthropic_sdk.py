@@ -65,6 +65,17 @@ def test_the_stream_rebuilds_the_same_message(claude):
 
 
 def test_stop_sequences_and_max_tokens(claude):
+    kwargs = dict(model="smol", max_tokens=40, extra_body=GREEDY,
+                  messages=[{"role": "user", "content": "Count from one to ten in words."}])
+    free = claude.messages.create(**kwargs).content[0].text
+    word = free.split()[2]  # a word the greedy reply writes
+    cut = claude.messages.create(stop_sequences=["zzz", word], **kwargs)
+    assert cut.stop_reason == "stop_sequence"
+    assert cut.stop_sequence == word
+    assert word not in cut.content[0].text and free.startswith(cut.content[0].text)
+    with claude.messages.stream(stop_sequences=["zzz", word], **kwargs) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", word)
     reply = claude.messages.create(
         model="smol", max_tokens=3, extra_body=GREEDY,
         messages=[{"role": "user", "content": "Write a long story."}])

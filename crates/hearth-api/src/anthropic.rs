@@ -28,6 +28,11 @@ pub struct MessagesRequest {
     pub tools: Option<Vec<ToolDefinition>>,
     pub tool_choice: Option<ToolChoice>,
     pub thinking: Option<Thinking>,
+    /// Anthropic-hosted features this server does not have: refused, not ignored.
+    #[serde(default)]
+    pub mcp_servers: Option<Value>,
+    #[serde(default)]
+    pub container: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,10 +94,32 @@ impl MessagesRequest {
             }
         }
         if let Some(thinking) = &self.thinking {
-            if !matches!(thinking.kind.as_str(), "enabled" | "disabled") {
+            match (thinking.kind.as_str(), thinking.budget_tokens) {
+                ("disabled", _) => {}
+                ("enabled", Some(budget)) if budget >= 1024 && budget < self.max_tokens => {}
+                ("enabled", _) => {
+                    return Err(ApiError::invalid_value(
+                        "thinking.budget_tokens",
+                        "thinking.budget_tokens: required with thinking enabled, at least 1024 \
+                         and less than max_tokens",
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::invalid_value(
+                        "thinking.type",
+                        "thinking.type: must be 'enabled' or 'disabled'",
+                    ))
+                }
+            }
+        }
+        for (field, value) in [
+            ("mcp_servers", &self.mcp_servers),
+            ("container", &self.container),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::invalid_value(
-                    "thinking.type",
-                    "thinking.type: must be 'enabled' or 'disabled'",
+                    field,
+                    format!("{field}: Anthropic-hosted {field} are not available on this server"),
                 ));
             }
         }
@@ -100,6 +127,16 @@ impl MessagesRequest {
             return Err(ApiError::invalid_value(
                 "messages",
                 "messages: at least one message is required",
+            ));
+        }
+        let last = self.messages.len() - 1;
+        if self.messages[last].get("role").and_then(Value::as_str) == Some("assistant") {
+            return Err(ApiError::invalid_value(
+                &format!("messages[{last}]"),
+                format!(
+                    "messages[{last}]: a final assistant message (a prefill to continue) is not \
+                     supported by this server; end with a user message"
+                ),
             ));
         }
         let mut messages = Vec::new();
@@ -167,8 +204,14 @@ fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<()
         ));
     };
     let blocks: Vec<Value> = match content {
-        Value::String(text) => vec![json!({"type": "text", "text": text})],
-        Value::Array(blocks) => blocks.clone(),
+        Value::String(text) if !text.is_empty() => vec![json!({"type": "text", "text": text})],
+        Value::Array(blocks) if !blocks.is_empty() => blocks.clone(),
+        Value::String(_) | Value::Array(_) => {
+            return Err(ApiError::invalid_value(
+                &format!("{at}.content"),
+                format!("{at}.content: all messages must have non-empty content"),
+            ))
+        }
         _ => {
             return Err(ApiError::invalid_value(
                 &format!("{at}.content"),
@@ -501,6 +544,20 @@ mod tests {
             with("messages", json!([])).param.as_deref(),
             Some("messages")
         );
+        let e = with(
+            "messages",
+            json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+        );
+        assert_eq!(e.param.as_deref(), Some("messages[1]"));
+        let e = with("messages", json!([{"role": "user", "content": []}]));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        let e = with(
+            "thinking",
+            json!({"type": "enabled", "budget_tokens": 2000}),
+        );
+        assert_eq!(e.param.as_deref(), Some("thinking.budget_tokens"));
+        let e = with("mcp_servers", json!([{}]));
+        assert_eq!(e.param.as_deref(), Some("mcp_servers"));
     }
 
     #[test]

@@ -31,8 +31,11 @@ pub struct GenerationRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// End-of-turn token or stop string.
+    /// End-of-turn token.
     Stop,
+    /// The request's stop string with this index matched (reported as "stop" to OpenAI
+    /// clients; Anthropic's name it).
+    StopString(usize),
     /// max_tokens reached or the context is full.
     Length,
     /// The caller cancelled or went away.
@@ -42,7 +45,7 @@ pub enum FinishReason {
 impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            FinishReason::Stop => "stop",
+            FinishReason::Stop | FinishReason::StopString(_) => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
         }

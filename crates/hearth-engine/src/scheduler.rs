@@ -870,12 +870,12 @@ fn advance(
     seq.generated += 1;
     let text = seq.decoder.push(model.token_bytes(token));
     let (text, stopped) = match seq.stop.push(&text) {
-        StopOutcome::Continue(text) => (text, false),
-        StopOutcome::Stopped(text) => (text, true),
+        StopOutcome::Continue(text) => (text, None),
+        StopOutcome::Stopped(text, which) => (text, Some(which)),
     };
-    if stopped {
+    if let Some(which) = stopped {
         return if emit(seq, text, vec![generated]) {
-            Outcome::Finished(FinishReason::Stop)
+            Outcome::Finished(FinishReason::StopString(which))
         } else {
             Outcome::Abandoned
         };

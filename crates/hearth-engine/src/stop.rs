@@ -6,7 +6,8 @@ pub const MAX_STOP_STRINGS: usize = 4;
 
 #[derive(Debug, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// Non-empty stop strings with their index in the caller's list.
+    stops: Vec<(usize, String)>,
     /// Text produced but not yet released.
     held: String,
 }
@@ -16,14 +17,19 @@ pub struct StopMatcher {
 pub enum StopOutcome {
     /// Release this text (possibly empty) and continue.
     Continue(String),
-    /// A stop string matched: release this text (everything before it) and finish.
-    Stopped(String),
+    /// A stop string matched: release this text (everything before it) and finish; the
+    /// index of the stop string (in the list given to `new`).
+    Stopped(String, usize),
 }
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> StopMatcher {
         StopMatcher {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            stops: stops
+                .into_iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .collect(),
             held: String::new(),
         }
     }
@@ -36,11 +42,11 @@ impl StopMatcher {
         let earliest = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, *i)))
             .min();
-        if let Some(at) = earliest {
+        if let Some((at, which)) = earliest {
             self.held.truncate(at);
-            return StopOutcome::Stopped(std::mem::take(&mut self.held));
+            return StopOutcome::Stopped(std::mem::take(&mut self.held), which);
         }
         let keep = self.longest_partial_match();
         let release = self.held.len() - keep;
@@ -58,7 +64,7 @@ impl StopMatcher {
         let held = self.held.as_bytes();
         self.stops
             .iter()
-            .map(|stop| {
+            .map(|(_, stop)| {
                 let stop = stop.as_bytes();
                 let longest = stop.len().saturating_sub(1).min(held.len());
                 (1..=longest)
@@ -81,7 +87,7 @@ mod tests {
         for p in pieces {
             match m.push(p) {
                 StopOutcome::Continue(t) => out.push_str(&t),
-                StopOutcome::Stopped(t) => {
+                StopOutcome::Stopped(t, _) => {
                     out.push_str(&t);
                     return (out, true);
                 }
@@ -109,6 +115,12 @@ mod tests {
         let mut m = StopMatcher::new(vec!["stop".into()]);
         assert_eq!(m.push("abc s"), StopOutcome::Continue("abc ".into()));
         assert_eq!(m.push("x"), StopOutcome::Continue("sx".into()));
+    }
+
+    #[test]
+    fn the_matched_stop_is_named_by_its_index_in_the_request() {
+        let mut m = StopMatcher::new(vec!["".into(), "zz".into(), "b".into()]);
+        assert_eq!(m.push("aab"), StopOutcome::Stopped("aa".into(), 2));
     }
 
     #[test]

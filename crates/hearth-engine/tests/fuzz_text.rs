@@ -80,7 +80,7 @@ fn match_in_pieces(text: &str, stops: &[String], cuts: &[prop::sample::Index]) -
         let piece = &text[boundaries[a]..boundaries[b]];
         match matcher.push(piece) {
             StopOutcome::Continue(released) => out.push_str(&released),
-            StopOutcome::Stopped(released) => {
+            StopOutcome::Stopped(released, _) => {
                 out.push_str(&released);
                 return (out, true);
             }
@@ -216,7 +216,7 @@ proptest! {
         for (a, b) in pieces(bytes.len(), &cuts) {
             match matcher.push(&decoder.push(&bytes[a..b])) {
                 StopOutcome::Continue(t) => out.push_str(&t),
-                StopOutcome::Stopped(t) => {
+                StopOutcome::Stopped(t, _) => {
                     out.push_str(&t);
                     stopped = true;
                     break;
@@ -226,7 +226,7 @@ proptest! {
         if !stopped {
             match matcher.push(&decoder.finish()) {
                 StopOutcome::Continue(t) => out.push_str(&t),
-                StopOutcome::Stopped(t) => {
+                StopOutcome::Stopped(t, _) => {
                     out.push_str(&t);
                     stopped = true;
                 }
@@ -256,7 +256,7 @@ proptest! {
             pushed += piece.len();
             match matcher.push(piece) {
                 StopOutcome::Continue(t) => released += t.len(),
-                StopOutcome::Stopped(_) => return Ok(()),
+                StopOutcome::Stopped(..) => return Ok(()),
             }
             prop_assert!(pushed - released < longest.max(1), "held {} bytes", pushed - released);
         }

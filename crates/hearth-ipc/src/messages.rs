@@ -46,6 +46,9 @@ pub enum ToWorker {
         prompt: PromptSpec,
         /// Text prompts: add the model's BOS/EOS as it wants them.
         add_special: bool,
+        /// Send each token's bytes back too.
+        #[serde(default)]
+        with_pieces: bool,
     },
     /// Token ids to text; answered by `Detokenized` or `Failed`.
     Detokenize {
@@ -131,6 +134,9 @@ pub enum FromWorker {
         /// Prompt tokens taken from the prompt cache.
         #[serde(default)]
         cached_tokens: usize,
+        /// Which of the request's stop strings ended it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_index: Option<usize>,
     },
     /// The request failed; `status` is the HTTP status the client should see.
     Failed {

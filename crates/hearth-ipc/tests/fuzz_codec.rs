@@ -320,6 +320,7 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
                 prompt_tokens,
                 completion_tokens,
                 cached_tokens: prompt_tokens / 2,
+                stop_index: (completion_tokens % 3 == 0).then_some(completion_tokens % 4),
             }
         ),
         (any::<u64>(), any::<u16>(), api_error())

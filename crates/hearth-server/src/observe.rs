@@ -82,6 +82,7 @@ impl RequestObserver {
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
+                ..
             } => {
                 let queried = self.accepted_prompt.get(index).copied().unwrap_or(0);
                 self.metrics

@@ -87,7 +87,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                             id,
                             prompt,
                             add_special,
-                        } => worker.answer_tokenize(id, prompt, add_special),
+                            with_pieces,
+                        } => worker.answer_tokenize(id, prompt, add_special, with_pieces),
                         Work::Detokenize { id, tokens } => worker.answer_detokenize(id, &tokens),
                     }
                 }
@@ -138,11 +139,13 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 id,
                 prompt,
                 add_special,
+                with_pieces,
             } => {
                 let work = Work::Tokenize {
                     id,
                     prompt,
                     add_special,
+                    with_pieces,
                 };
                 if jobs.send(work).is_err() {
                     break;
@@ -212,6 +215,7 @@ enum Work {
         id: u64,
         prompt: PromptSpec,
         add_special: bool,
+        with_pieces: bool,
     },
     Detokenize {
         id: u64,
@@ -272,7 +276,7 @@ impl Worker {
     }
 
     /// `/tokenize`: the prompt's tokens as a generation would see them, and their text.
-    fn answer_tokenize(&self, id: u64, prompt: PromptSpec, add_special: bool) {
+    fn answer_tokenize(&self, id: u64, prompt: PromptSpec, add_special: bool, with_pieces: bool) {
         let model = self.engine.model();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match prompt {
             // As a completion reads its prompt: special-token text is not parsed.
@@ -281,11 +285,15 @@ impl Worker {
         }));
         match outcome {
             Ok(Ok(tokens)) => {
-                let pieces = tokens
-                    .iter()
-                    .map(|&t| model.token_bytes(t).to_vec())
-                    .collect();
-                send(&self.outbox, &FromWorker::Tokenized { id, tokens, pieces });
+                let pieces = if with_pieces {
+                    tokens
+                        .iter()
+                        .map(|&t| model.token_bytes(t).to_vec())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                self.answer(id, &FromWorker::Tokenized { id, tokens, pieces });
             }
             Ok(Err(error)) => self.fail(id, error),
             Err(_) => self.fail(id, ApiError::internal("the worker failed while tokenizing")),
@@ -311,7 +319,27 @@ impl Worker {
             .flat_map(|&t| model.token_bytes(t).iter().copied())
             .collect();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        send(&self.outbox, &FromWorker::Detokenized { id, text });
+        self.answer(id, &FromWorker::Detokenized { id, text });
+    }
+
+    /// Send a tokenize/detokenize answer; one too large for a frame fails the call at once
+    /// (rather than leaving the caller to time out).
+    fn answer(&self, id: u64, message: &FromWorker) {
+        if !send(&self.outbox, message) {
+            self.fail(
+                id,
+                ApiError::new(
+                    413,
+                    "invalid_request_error",
+                    Some("answer_too_large"),
+                    format!(
+                        "the answer would be over the {} MiB a worker may send; ask for \
+                         fewer tokens (or without with_pieces)",
+                        hearth_ipc::MAX_FRAME_BYTES >> 20
+                    ),
+                ),
+            );
+        }
     }
 
     /// Render and tokenize once, then prepare and submit every choice. A panic here (a bug)
@@ -517,6 +545,10 @@ impl Worker {
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
                         cached_tokens: usage.cached_tokens,
+                        stop_index: match finish_reason {
+                            FinishReason::StopString(which) => Some(which),
+                            _ => None,
+                        },
                     }
                 }
                 Event::Error(message) => {

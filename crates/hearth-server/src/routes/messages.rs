@@ -30,6 +30,7 @@ pub async fn messages(
         id: crate::ids::message_id(),
         model: request.model.clone(),
         thinking: request.thinking(),
+        stop_sequences: request.stop_sequences.clone().unwrap_or_default(),
     };
     if request.streaming() {
         let input_tokens = started.usage_prompt_tokens();
@@ -45,6 +46,7 @@ struct MessageHead {
     model: String,
     /// Reasoning goes back as `thinking` blocks only when the request enabled thinking.
     thinking: bool,
+    stop_sequences: Vec<String>,
 }
 
 impl MessageHead {
@@ -71,10 +73,24 @@ impl MessageHead {
             "role": "assistant",
             "model": self.model,
             "content": content,
-            "stop_reason": anthropic::stop_reason(&result.finish_reason),
-            "stop_sequence": null,
+            "stop_reason": self.stop_reason(&result.finish_reason, result.stop_index),
+            "stop_sequence": self.stop_sequence(result.stop_index),
             "usage": usage_of(&usage),
         })
+    }
+
+    fn stop_reason(&self, finish_reason: &str, stop_index: Option<usize>) -> &'static str {
+        match stop_index {
+            Some(_) => "stop_sequence",
+            None => anthropic::stop_reason(finish_reason),
+        }
+    }
+
+    /// The stop sequence that ended the reply.
+    fn stop_sequence(&self, stop_index: Option<usize>) -> Value {
+        stop_index
+            .and_then(|i| self.stop_sequences.get(i))
+            .map_or(Value::Null, |s| json!(s))
     }
 }
 
@@ -103,6 +119,7 @@ struct MessageStream {
     open: Option<(Block, usize)>,
     next_index: usize,
     stop_reason: &'static str,
+    stop_sequence: Value,
 }
 
 impl MessageStream {
@@ -113,6 +130,7 @@ impl MessageStream {
             open: None,
             next_index: 0,
             stop_reason: "end_turn",
+            stop_sequence: Value::Null,
         }
     }
 
@@ -196,8 +214,9 @@ impl ChunkFormat for MessageStream {
         out
     }
 
-    fn finish(&mut self, _index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
-        self.stop_reason = anthropic::stop_reason(finish_reason);
+    fn finish(&mut self, _index: usize, finish_reason: &str, stop: Option<usize>) -> Vec<Value> {
+        self.stop_reason = self.head.stop_reason(finish_reason, stop);
+        self.stop_sequence = self.head.stop_sequence(stop);
         Vec::new()
     }
 
@@ -214,7 +233,7 @@ impl ChunkFormat for MessageStream {
         }
         out.push(json!({
             "type": "message_delta",
-            "delta": {"stop_reason": self.stop_reason, "stop_sequence": null},
+            "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
             "usage": usage_of(&usage),
         }));
         out.push(json!({"type": "message_stop"}));
@@ -244,8 +263,11 @@ pub async fn shape_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
-        return parts.into_response();
+    // Our own error bodies (which may echo a long value back): read them whole.
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let error = ApiError::new(parts.status.as_u16(), "", None, "request failed");
+        return Response::from_parts(parts, anthropic::error_body(&error).to_string().into());
     };
     let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, axum::body::Body::from(bytes));

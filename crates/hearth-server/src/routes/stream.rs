@@ -69,6 +69,8 @@ pub struct ChoiceResult {
     pub finish_reason: String,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
+    /// Which of the request's stop strings ended it, if one did.
+    pub stop_index: Option<usize>,
 }
 
 impl ChoiceResult {
@@ -125,10 +127,12 @@ pub async fn collect(mut started: Started) -> Result<(Vec<ChoiceResult>, Usage),
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
+                stop_index,
             } => {
                 result.finish_reason = finish_reason;
                 result.completion_tokens = completion_tokens;
                 result.cached_tokens = cached_tokens;
+                result.stop_index = stop_index;
             }
             WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => return Err(error),
         }
@@ -145,9 +149,13 @@ pub trait ChunkFormat: Send + 'static {
     fn opening(&mut self, index: usize) -> Vec<Value>;
     /// New text (and reasoning, call pieces) and the tokens behind it.
     fn delta(&mut self, index: usize, piece: Piece<'_>) -> Vec<Value>;
-    /// A choice ended.
-    fn finish(&mut self, index: usize, finish_reason: &str, completion_tokens: usize)
-        -> Vec<Value>;
+    /// A choice ended (`stop_index`: by the request's stop string with that index).
+    fn finish(
+        &mut self,
+        index: usize,
+        finish_reason: &str,
+        stop_index: Option<usize>,
+    ) -> Vec<Value>;
     /// After the last choice: OpenAI's usage chunk (when asked for), and then `[DONE]`
     /// unless `done_marker` says otherwise.
     fn close(&mut self, usage: Usage, include_usage: bool) -> Vec<Value>;
@@ -184,7 +192,7 @@ impl<T: OpenAiChunks> ChunkFormat for T {
         self.delta_chunk(index, piece).into_iter().collect()
     }
 
-    fn finish(&mut self, index: usize, finish_reason: &str, _: usize) -> Vec<Value> {
+    fn finish(&mut self, index: usize, finish_reason: &str, _: Option<usize>) -> Vec<Value> {
         vec![self.finish_chunk(index, finish_reason)]
     }
 
@@ -311,10 +319,11 @@ impl<F: ChunkFormat> Driver<F> {
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
+                stop_index,
             } => {
                 self.completion_tokens += completion_tokens;
                 self.cached[index] = cached_tokens;
-                let chunks = self.format.finish(index, &finish_reason, completion_tokens);
+                let chunks = self.format.finish(index, &finish_reason, stop_index);
                 self.push_all(chunks);
             }
             WorkerEvent::Failed(error) | WorkerEvent::Lost(error) => self.fail(error),

@@ -67,7 +67,9 @@ pub async fn tokenize(
     };
     let model = state.models.resolve(&request.model)?;
     let worker = state.models.worker(&model).await?;
-    let (tokens, pieces) = worker.tokenize(prompt, add_special).await?;
+    let (tokens, pieces) = worker
+        .tokenize(prompt, add_special, request.with_pieces)
+        .await?;
     let count = tokens.len();
     let tokens: Value = if request.with_pieces {
         tokens
@@ -117,7 +119,7 @@ pub async fn count_tokens(
     let prompt = chat_prompt(&request.to_chat()?)?;
     let model = state.models.resolve(&request.model)?;
     let worker = state.models.worker(&model).await?;
-    let (tokens, _) = worker.tokenize(prompt, false).await?;
+    let (tokens, _) = worker.tokenize(prompt, false, false).await?;
     Ok(Json(json!({"input_tokens": tokens.len()})).into_response())
 }
 

@@ -118,6 +118,7 @@ fn route(shared: &Shared, message: FromWorker) {
             finish_reason,
             completion_tokens,
             cached_tokens,
+            stop_index,
             ..
         } => (
             id,
@@ -125,6 +126,7 @@ fn route(shared: &Shared, message: FromWorker) {
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
+                stop_index,
             },
         ),
         FromWorker::Failed {

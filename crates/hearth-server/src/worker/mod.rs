@@ -42,6 +42,8 @@ pub enum WorkerEvent {
         completion_tokens: usize,
         /// Prompt tokens the worker found in its prompt cache.
         cached_tokens: usize,
+        /// Which stop string ended it, if one did.
+        stop_index: Option<usize>,
     },
     Failed(ApiError),
     /// The worker process went away (crashed, was killed) while this sequence ran. Unlike
@@ -264,12 +266,14 @@ impl Worker {
         &self,
         prompt: PromptSpec,
         add_special: bool,
+        with_pieces: bool,
     ) -> Result<(Vec<u32>, Vec<Vec<u8>>), ApiError> {
         match self
             .call(|id| ToWorker::Tokenize {
                 id,
                 prompt,
                 add_special,
+                with_pieces,
             })
             .await?
         {
