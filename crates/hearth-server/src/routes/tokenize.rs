@@ -111,9 +111,9 @@ pub async fn count_tokens(
     RequestBody(body): RequestBody,
 ) -> Result<Response, HttpError> {
     let mut value: Value = hearth_api::parse_body(&body)?;
-    // The same fields as a message, without max_tokens (nothing is generated).
+    // The same fields as a message; max_tokens means nothing here (nothing is generated).
     if let Some(object) = value.as_object_mut() {
-        object.entry("max_tokens").or_insert(json!(1));
+        object.insert("max_tokens".into(), json!(1));
     }
     let request: MessagesRequest = hearth_api::parse_value(&value)?;
     let prompt = chat_prompt(&request.to_chat()?)?;
