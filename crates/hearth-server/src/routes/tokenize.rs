@@ -113,7 +113,7 @@ pub async fn count_tokens(
     let mut value: Value = hearth_api::parse_body(&body)?;
     // The same fields as a message; max_tokens means nothing here (nothing is generated).
     if let Some(object) = value.as_object_mut() {
-        object.insert("max_tokens".into(), json!(1));
+        object.insert("max_tokens".into(), json!(1u32 << 30));
     }
     let request: MessagesRequest = hearth_api::parse_value(&value)?;
     let prompt = chat_prompt(&request.to_chat()?)?;
