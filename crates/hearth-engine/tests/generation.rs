@@ -211,7 +211,7 @@ fn stop_strings_are_cut_across_token_boundaries() {
     let cut = base.text.find(&stop).unwrap();
     assert!(cut <= model.detokenize(&base.tokens[..=i + 1]).len());
     assert_eq!(out.text, base.text[..cut], "stop {stop:?}");
-    assert_eq!(out.finish_reason, FinishReason::Stop);
+    assert_eq!(out.finish_reason, FinishReason::StopString(0));
     assert!(!out.text.contains(&stop));
     assert!(out.deltas.iter().all(|d| !d.contains(&stop)));
 }
