@@ -85,11 +85,12 @@ struct HostEntry<S> {
     used_at: u64,
 }
 
-/// Prompt tokens decoded again on a cache hit, for fresh logits. Two, not one: llama.cpp
-/// computes a batch row alone with its one-row kernels (`vec_dot`) and several rows of one
-/// sequence with its tiled ones (llamafile's sgemm), which round differently; a tail of two
-/// is read like the cold prompt was, so a repeated prompt's reply equals its cold one.
-const REDECODE_TOKENS: usize = 2;
+/// Prompt tokens decoded again on a cache hit, for fresh logits. One: a tail of one is a
+/// one-row pass (llama.cpp's `vec_dot` kernels) whatever runs beside it, so repeats of a
+/// request are deterministic. (A tail of two is tiled when read alone but split into
+/// one-row passes beside other sequences' decode tokens: same-seed requests with `n` > 1
+/// then sampled differently.)
+const REDECODE_TOKENS: usize = 1;
 
 /// Caches shorter than this are not saved to host memory (the copy costs more than it saves).
 const HOST_MIN_TOKENS: usize = 64;
