@@ -122,8 +122,8 @@ def test_prompt_cache_reports_cached_tokens(client):
                 {"role": "user", "content": "Which painting should I see first?"}]
     first = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
     again = client.chat.completions.create(model="smol", messages=messages, max_tokens=8, temperature=0)
-    # A cache hit changes nothing in the reply (flash attention is off on the CPU; see
-    # docs/architecture.md, exactness).
+    # A cache hit changes nothing in the reply (with flash attention, the default; see
+    # docs/architecture.md, "Exactness").
     assert again.choices[0].message.content == first.choices[0].message.content
     details = again.usage.prompt_tokens_details
     # All but the last prompt token (decoded again for fresh logits) came from the cache.

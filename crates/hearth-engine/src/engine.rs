@@ -53,19 +53,17 @@ pub struct EngineConfig {
 
 /// Whether llama.cpp computes attention with its fused flash-attention kernels.
 ///
-/// On the CPU they make a sequence's numbers depend on its neighbours: llama.cpp picks one
-/// of three kernels by the ubatch's shape — a split-KV kernel (one chunk per thread, merged
-/// afterwards) for a lone decode token once the attended window reaches 512 cells, a tiled
-/// f32 kernel for 64+ query tokens of one sequence, and an f16 one otherwise — and their
-/// results differ in the last bits. A greedy reply changed with what ran beside it (after
-/// ~200 tokens) and with how its prompt was chunked (42 + 30 tokens vs 72). Without them
-/// (matrix products and a softmax) neither the attended window nor the batch-mates change a
-/// row's numbers; what remains is llama.cpp's one-row vs tiled matrix kernels (see
-/// docs/architecture.md, exactness). Not slower here: docs/benchmarks.md.
+/// Neither choice makes every output independent of what runs beside it on the CPU (see
+/// docs/architecture.md, "Exactness"). On: one per-row kernel serves a decode token, a cache
+/// hit's re-read token and short prompt chunks alike, so repeats and cache hits match cold
+/// runs — but a lone sequence switches to a split-KV kernel once it attends over 512 cells
+/// (diverging from its batched twin after ~200 tokens) and 64+ query rows use a tiled one.
+/// Off: no kernel depends on the attended window, so long batched generations match their
+/// solo runs (tested over 600 tokens) — but one-row passes (decode, a re-read token) and
+/// tiled multi-row prefill round differently, so a cache hit can change a reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FlashAttention {
-    /// Off on a CPU-only model (batch invariance), llama.cpp's choice once layers are on a
-    /// GPU (where the fused kernels matter for speed and memory).
+    /// llama.cpp's choice (on where the backend supports it).
     #[default]
     Auto,
     On,
@@ -354,10 +352,7 @@ fn run_engine_thread(
     let flash_attention = match config.flash_attention {
         FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
         FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        FlashAttention::Auto if model.gpu_layers() > 0 => {
-            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
-        }
-        FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
     };
     let params = LlamaContextParams::default()
         .with_flash_attention_policy(flash_attention)

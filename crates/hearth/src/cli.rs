@@ -67,9 +67,9 @@ pub struct ServeArgs {
     /// Layers to offload to the GPU (builds with GPU support only).
     #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
     pub gpu_layers: u32,
-    /// Flash attention: `auto` is off on the CPU (a sequence's tokens then never depend on
-    /// what runs beside it, how its prompt was chunked or what the prompt cache held) and
-    /// llama.cpp's choice with GPU layers.
+    /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
+    /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
+    /// (docs/architecture.md, "Exactness").
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
     pub flash_attn: FlashAttn,
     /// Seconds a request may run; past it the client gets 504 and a worker that stopped
@@ -315,9 +315,9 @@ pub struct EngineArgs {
     /// Layers to offload to the GPU (builds with GPU support only).
     #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
     pub gpu_layers: u32,
-    /// Flash attention: `auto` is off on the CPU (a sequence's tokens then never depend on
-    /// what runs beside it, how its prompt was chunked or what the prompt cache held) and
-    /// llama.cpp's choice with GPU layers.
+    /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
+    /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
+    /// (docs/architecture.md, "Exactness").
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
     pub flash_attn: FlashAttn,
     /// Share one KV buffer across sequences (outputs may then depend on what runs alongside;

@@ -33,6 +33,18 @@ pub fn engine(parallel: usize) -> Engine {
 }
 
 pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
+    engine_configured(
+        parallel,
+        context_per_slot,
+        hearth_engine::FlashAttention::Auto,
+    )
+}
+
+pub fn engine_configured(
+    parallel: usize,
+    context_per_slot: u32,
+    flash_attention: hearth_engine::FlashAttention,
+) -> Engine {
     Engine::start(
         model(),
         EngineConfig {
@@ -45,7 +57,7 @@ pub fn engine_with(parallel: usize, context_per_slot: u32) -> Engine {
             prompt_cache: true,
             prompt_cache_ram: 64 << 20,
             preemption: true,
-            flash_attention: Default::default(),
+            flash_attention,
         },
     )
     .unwrap()
