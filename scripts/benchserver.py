@@ -25,8 +25,13 @@ def serve(model=DEFAULT_MODEL, threads=2, ctx_size=2048, parallel=1, extra=()):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url, ready = [], threading.Event()
 
+    log = open(os.environ["HEARTH_BENCH_LOG"], "w") if os.environ.get("HEARTH_BENCH_LOG") else None
+
     def read():
         for line in process.stderr:
+            if log:  # HEARTH_BENCH_LOG=path keeps the server's log (e.g. with RUST_LOG=debug)
+                log.write(line)
+                log.flush()
             match = re.search(r"listening on (http://\S+)", line)
             if match and not ready.is_set():
                 url.append(match.group(1) + "/v1")

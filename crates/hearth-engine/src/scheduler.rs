@@ -66,6 +66,8 @@ struct Sequence {
 #[derive(Debug, Clone, Default)]
 struct SlotCache {
     tokens: Vec<u32>,
+    /// How many of `tokens` were prompt; the rest is the reply generated after it.
+    prompt_len: usize,
     /// When the slot was last released (a counter): the oldest cache is evicted first.
     released_at: u64,
 }
@@ -102,6 +104,13 @@ const SHARE_PREFILL_TOKENS: usize = 16;
 /// A cache shorter than this is not worth a copy to keep (a copy moves the slot's whole KV
 /// buffer, whatever its length).
 const KEEP_CACHE_TOKENS: usize = 16;
+
+/// A restore from host memory copies the whole cached prefix back; it is worth it once it
+/// spares prefilling at least 1/`RESTORE_GAIN_RATIO` of that prefix. Copying a token's KV
+/// costs far less than computing it: SmolLM2-135M on 2 CPU threads prefills ~3 ms a token
+/// and copies its 23 KB in microseconds; an 8B model on a GPU prefills ~0.2 ms a token and
+/// moves 128 KB over PCIe in ~5 µs. (A flat 16 tokens left a warm burst prefilling 15.)
+const RESTORE_GAIN_RATIO: usize = 32;
 
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
@@ -298,6 +307,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 sink,
             } = submission;
             let cached = self.reuse_cache(slot, &request.prompt);
+            tracing::debug!(
+                id,
+                slot,
+                prompt = request.prompt.len(),
+                cached,
+                waiting = self.waiting.len(),
+                "admitted"
+            );
             let room = self.context_per_slot - request.prompt.len();
             let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
             let sampler = Sampler::new(request.sampling, &request.prompt, self.vocab.vocab_size());
@@ -387,7 +404,10 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // Whatever the slot held is worth keeping in host memory if it is long.
         self.save_to_host(slot);
         self.backend.remove(slot, 0);
-        self.slots[slot].tokens.clear();
+        self.slots[slot] = SlotCache {
+            released_at: self.slots[slot].released_at,
+            ..SlotCache::default()
+        };
         if let Some(snapshot) = &snapshot {
             if !self.backend.restore(slot, snapshot) {
                 self.backend.remove(slot, 0);
@@ -418,7 +438,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// them when every slot is about to be busy anyway (`filling`) or none runs. Among them,
     /// the one whose cache holds most of `prompt` (no copy, nothing displaced: 8 streams
     /// resending their prompts each find their own slot); ties go to an empty slot, else the
-    /// least recently used. Without a candidate, the lowest free slot.
+    /// least recently used. Without a candidate, the best of all free slots.
     fn choose_slot(&self, prompt: &[u32], filling: bool) -> usize {
         let lowest = *self.free_slots.last().expect("a slot is free");
         let (low, high) = match (
@@ -429,11 +449,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             _ => (usize::MAX, usize::MAX),
         };
         let packed = high != usize::MAX && high - low + 1 == self.running.len();
-        let candidate = |s: usize| {
-            !self.pending[s]
-                && (filling
-                    || self.running.is_empty()
-                    || (packed && (s + 1 == low || s == high + 1)))
+        let adjacent = |s: usize| {
+            filling || self.running.is_empty() || (packed && (s + 1 == low || s == high + 1))
         };
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let held = |s: usize| {
@@ -443,20 +460,28 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 0
             }
         };
-        self.free_slots
-            .iter()
-            .copied()
-            .filter(|&s| candidate(s))
-            .max_by_key(|&s| {
-                let slot = &self.slots[s];
-                // Ties: an empty slot, else the least recently used cache, else the lowest.
-                (
-                    held(s),
-                    slot.tokens.is_empty(),
-                    std::cmp::Reverse(slot.released_at),
-                    std::cmp::Reverse(s),
-                )
-            })
+        let best = |keep: &dyn Fn(usize) -> bool| {
+            self.free_slots
+                .iter()
+                .copied()
+                .filter(|&s| !self.pending[s] && keep(s))
+                .max_by_key(|&s| {
+                    let slot = &self.slots[s];
+                    // Ties: an empty slot, else the least recently used cache, else the lowest.
+                    (
+                        held(s),
+                        slot.tokens.is_empty(),
+                        std::cmp::Reverse(slot.released_at),
+                        std::cmp::Reverse(s),
+                    )
+                })
+        };
+        // No adjacent slot without a copy in flight: the run cannot stay packed this step,
+        // so take the best slot of all rather than the lowest, which may be a copy's source
+        // or destination and could then neither be restored into nor keep its cache (a warm
+        // burst lost a conversation's 20 tokens that way and prefilled them again).
+        best(&adjacent)
+            .or_else(|| best(&|_| true))
             .unwrap_or(lowest)
     }
 
@@ -508,7 +533,12 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // free slot, or else in host memory — never over another free slot's cache, which
         // is some other conversation's own (8 streams resending their prompts at once each
         // lost theirs to the one before when it was moved into "the oldest" slot).
-        if self.prompt_cache && self.slots[slot].tokens.len() >= reused + KEEP_CACHE_TOKENS {
+        // A prompt that repeats or extends the slot's own last prompt supersedes the reply
+        // cached after it (a retry, or a client resending the same turn): nothing to keep.
+        // Saving it anyway cost ~6 ms per request of a warm burst here, on the critical path.
+        let own = &self.slots[slot];
+        let retry = own.prompt_len > 0 && common_prefix(&own.tokens, prompt) >= own.prompt_len;
+        if self.prompt_cache && !retry && own.tokens.len() >= reused + KEEP_CACHE_TOKENS {
             let empty = self
                 .free_slots
                 .iter()
@@ -531,9 +561,10 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             self.pending[slot] = true;
         }
         self.backend.remove(slot, reused);
-        let tokens = &mut self.slots[slot].tokens;
-        tokens.clear();
-        tokens.extend_from_slice(&prompt[..reused]);
+        let cache = &mut self.slots[slot];
+        cache.tokens.clear();
+        cache.tokens.extend_from_slice(&prompt[..reused]);
+        cache.prompt_len = reused;
         reused
     }
 
@@ -594,7 +625,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .enumerate()
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
             .max_by_key(|&(_, n)| n)?;
-        if covered < in_slots + KEEP_CACHE_TOKENS {
+        if covered <= in_slots || covered - in_slots < covered / RESTORE_GAIN_RATIO {
             return None;
         }
         let wanted = self.host[index].tokens.clone();
@@ -607,15 +638,19 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         self.backend.remove(slot, 0);
         if !self.backend.restore(slot, &self.host[index].snapshot) {
             self.backend.remove(slot, 0);
-            self.slots[slot].tokens.clear();
+            self.slots[slot] = SlotCache {
+                released_at: self.slots[slot].released_at,
+                ..SlotCache::default()
+            };
             return None;
         }
         self.clock += 1;
         self.host[index].used_at = self.clock;
         self.backend.remove(slot, covered);
-        let cache = &mut self.slots[slot].tokens;
-        cache.clear();
-        cache.extend_from_slice(&prompt[..covered]);
+        let cache = &mut self.slots[slot];
+        cache.tokens.clear();
+        cache.tokens.extend_from_slice(&prompt[..covered]);
+        cache.prompt_len = covered;
         Some(covered)
     }
 
@@ -675,7 +710,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             return;
         }
         let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
+        let started = std::time::Instant::now();
         let decoded = self.backend.decode(&self.batch);
+        tracing::trace!(
+            tokens = self.batch.len(),
+            sequences = self.running.len(),
+            decode_us = started.elapsed().as_micros() as u64,
+            "step"
+        );
         // Queued copies have been carried out (or the cells are forgotten on failure).
         self.pending.fill(false);
         drop(turn);
@@ -763,6 +805,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     fn keep_cache(&mut self, seq: &Sequence, keep: bool) {
         self.clock += 1;
         self.slots[seq.slot].released_at = self.clock;
+        self.slots[seq.slot].prompt_len = if keep { seq.prefilled } else { 0 };
         let cache = &mut self.slots[seq.slot].tokens;
         cache.clear();
         if keep && self.prompt_cache {
@@ -1135,6 +1178,43 @@ mod tests {
         assert_eq!(
             h.scheduler.backend.copies, copies_before,
             "a cache was copied"
+        );
+    }
+
+    #[test]
+    fn a_warm_burst_arriving_over_several_steps_reads_only_its_tails() {
+        // Eight streams share a system prompt; round 1 fills every slot. In round 2 the same
+        // prompts come back a few at a time (as HTTP clients send them): each must still find
+        // its whole prompt — own slot, a copy or host memory — and resending a prompt must
+        // not save the reply cached after it.
+        let mut h = Harness::with_host(8, true, 1 << 20);
+        let system = prompt(40, 64);
+        let prompts: Vec<Vec<u32>> = (0..8)
+            .map(|i| {
+                let mut p = system.clone();
+                p.extend(prompt(41 + i, 12 + i as usize));
+                p
+            })
+            .collect();
+        let firsts: Vec<Shared> = prompts.iter().map(|p| h.submit(p, 20).1).collect();
+        h.run_until_idle();
+        let saves = h.scheduler.backend.saves;
+        let mut runs = vec![h.submit(&prompts[0], 20).1];
+        h.step();
+        runs.push(h.submit(&prompts[1], 20).1);
+        runs.push(h.submit(&prompts[2], 20).1);
+        h.step();
+        runs.extend(prompts[3..].iter().map(|p| h.submit(p, 20).1));
+        h.run_until_idle();
+        for ((run, first), p) in runs.iter().zip(&firsts).zip(&prompts) {
+            let run = run.lock().unwrap();
+            assert_eq!(run.error, None);
+            assert_eq!(run.usage.unwrap().cached_tokens, p.len() - REDECODE_TOKENS);
+            assert_eq!(run.tokens, first.lock().unwrap().tokens);
+        }
+        assert_eq!(
+            h.scheduler.backend.saves, saves,
+            "a resent prompt's old reply was saved to host memory"
         );
     }
 
