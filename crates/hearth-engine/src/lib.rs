@@ -7,6 +7,7 @@ pub mod detok;
 mod engine;
 mod error;
 pub mod exec;
+mod host_cache;
 mod model;
 mod pyjson;
 mod pyvalue;

@@ -14,6 +14,7 @@ use crate::cpu_gate::CpuGate;
 use crate::detok::Utf8Decoder;
 use crate::engine::{EngineConfig, EngineStats, EventSink};
 use crate::exec::{Backend, BatchEntry, Vocabulary};
+use crate::host_cache::HostCache;
 use crate::request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
 };
@@ -79,14 +80,6 @@ struct Paused<S> {
     snapshot: Option<S>,
 }
 
-/// A conversation's KV saved in host memory, to be restored into any slot.
-struct HostEntry<S> {
-    tokens: Vec<u32>,
-    snapshot: S,
-    bytes: usize,
-    used_at: u64,
-}
-
 /// Prompt tokens decoded again on a cache hit, for fresh logits. One: a tail of one is a
 /// one-row pass (llama.cpp's `vec_dot` kernels) whatever runs beside it, so repeats of a
 /// request are deterministic. (A tail of two is tiled when read alone but split into
@@ -122,11 +115,8 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     slots: Vec<SlotCache>,
     /// Counts releases, to order caches by age.
     clock: u64,
-    /// Caches moved out of the slots, least recently used first out; at most `host_limit`
-    /// bytes in all.
-    host: Vec<HostEntry<B::Snapshot>>,
-    host_bytes: usize,
-    host_limit: usize,
+    /// Caches moved out of the slots, keyed by token blocks, bounded by `prompt_cache_ram`.
+    host: HostCache<B::Snapshot>,
     /// Slots a copy was queued into or out of this round: llama.cpp moves the data at the
     /// next decode, so their KV must not be saved (a destination's is not there yet) or
     /// overwritten by a restore (a source's is still to be read) before it.
@@ -163,13 +153,11 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             prompt_cache: config.prompt_cache,
             slots: vec![SlotCache::default(); config.parallel],
             clock: 0,
-            host: Vec::new(),
-            host_bytes: 0,
-            host_limit: if config.prompt_cache {
+            host: HostCache::new(if config.prompt_cache {
                 config.prompt_cache_ram
             } else {
                 0
-            },
+            }),
             pending: vec![false; config.parallel],
             context_per_slot: config.context_per_slot as usize,
             free_slots: (0..config.parallel).rev().collect(),
@@ -572,71 +560,40 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// make room), unless it is short, already held there, or has a copy in flight.
     fn save_to_host(&mut self, slot: usize) {
         let tokens = &self.slots[slot].tokens;
-        if self.host_limit == 0 || self.pending[slot] || tokens.len() < HOST_MIN_TOKENS {
+        if !self.host.enabled() || self.pending[slot] || tokens.len() < HOST_MIN_TOKENS {
             return;
         }
-        if self.host.iter().any(|e| e.tokens.starts_with(tokens)) {
+        if self.host.holds(tokens) {
             return;
         }
         let Some(snapshot) = self.backend.save(slot) else {
             return;
         };
         let bytes = B::snapshot_bytes(&snapshot);
-        if bytes > self.host_limit {
-            return;
-        }
-        // An entry this one extends is superseded.
-        let tokens = tokens.clone();
-        self.host.retain(|e| {
-            let superseded = tokens.starts_with(&e.tokens);
-            if superseded {
-                self.host_bytes -= e.bytes;
-            }
-            !superseded
-        });
-        while self.host_bytes + bytes > self.host_limit {
-            let oldest = (0..self.host.len())
-                .min_by_key(|&i| self.host[i].used_at)
-                .expect("bytes are held, so entries are");
-            let entry = self.host.swap_remove(oldest);
-            self.host_bytes -= entry.bytes;
-        }
-        self.clock += 1;
-        self.host_bytes += bytes;
-        self.host.push(HostEntry {
-            tokens,
-            snapshot,
-            bytes,
-            used_at: self.clock,
-        });
+        self.host.insert(tokens.clone(), snapshot, bytes);
     }
 
     /// When host memory holds a longer prefix of `prompt` than any slot (by enough to be
     /// worth a restore), put it into `slot` — keeping the slot's own cache in host memory
     /// first — and return how many prompt tokens it covers.
     fn restore_from_host(&mut self, slot: usize, prompt: &[u32], in_slots: usize) -> Option<usize> {
-        if self.host_limit == 0 || self.pending[slot] {
+        if !self.host.enabled() || self.pending[slot] {
             return None;
         }
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
-        let (index, covered) = self
-            .host
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
-            .max_by_key(|&(_, n)| n)?;
+        let (entry, covered) = self.host.longest(prompt)?;
+        let covered = covered.min(limit);
         if covered <= in_slots || covered - in_slots < covered / RESTORE_GAIN_RATIO {
             return None;
         }
-        let wanted = self.host[index].tokens.clone();
         // Used now: saving the slot's own cache must not evict it.
-        self.clock += 1;
-        self.host[index].used_at = self.clock;
+        self.host.touch(entry);
         self.save_to_host(slot);
-        // Saving may have evicted entries: find it again by its tokens.
-        let index = self.host.iter().position(|e| e.tokens == wanted)?;
+        // Saving may still have evicted it when memory is tight.
+        self.host.get(entry)?;
         self.backend.remove(slot, 0);
-        if !self.backend.restore(slot, &self.host[index].snapshot) {
+        let snapshot = self.host.get(entry).expect("checked above");
+        if !self.backend.restore(slot, snapshot) {
             self.backend.remove(slot, 0);
             self.slots[slot] = SlotCache {
                 released_at: self.slots[slot].released_at,
@@ -644,8 +601,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             };
             return None;
         }
-        self.clock += 1;
-        self.host[index].used_at = self.clock;
+        self.host.touch(entry);
         self.backend.remove(slot, covered);
         let cache = &mut self.slots[slot];
         cache.tokens.clear();
@@ -838,7 +794,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .store(self.paused.len(), Ordering::Relaxed);
         self.stats
             .host_cache_bytes
-            .store(self.host_bytes, Ordering::Relaxed);
+            .store(self.host.bytes(), Ordering::Relaxed);
         self.stats
             .host_cache_entries
             .store(self.host.len(), Ordering::Relaxed);
@@ -1265,7 +1221,7 @@ mod tests {
         for c in &conversations {
             h.generate(c, 5);
         }
-        assert!(h.scheduler.host_bytes <= 2 * 104 * 4 + 10);
+        assert!(h.scheduler.host.bytes() <= 2 * 104 * 4 + 10);
         assert_eq!(h.scheduler.host.len(), 2);
         // The oldest were evicted; the one before the last (saved last) comes back.
         assert!(h.generate(&conversations[0], 5).1 < 64);
