@@ -11,6 +11,7 @@ pub mod logprobs;
 pub mod models;
 pub mod params;
 pub mod priority;
+pub mod responses;
 pub mod tools;
 
 pub use error::ApiError;

@@ -9,6 +9,16 @@ pub fn message_id() -> String {
     format!("msg_{:024x}", rand::random::<u128>() >> 32)
 }
 
+/// The Responses API's response ids.
+pub fn response_id() -> String {
+    format!("resp_{:032x}", rand::random::<u128>())
+}
+
+/// A Responses output item's id: `msg_…`, `fc_…` (function call) or `rs_…` (reasoning).
+pub fn output_item_id(prefix: &str) -> String {
+    format!("{prefix}_{:032x}", rand::random::<u128>())
+}
+
 pub fn completion_id() -> String {
     format!("cmpl-{:024x}", rand::random::<u128>() >> 32)
 }

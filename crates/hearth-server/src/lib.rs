@@ -17,6 +17,7 @@ mod metrics;
 mod models;
 mod observe;
 pub mod registry;
+mod response_store;
 mod routes;
 mod server;
 mod state;

@@ -46,6 +46,7 @@ pub async fn serve(
         request_timeout: config.request_timeout,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.http.body_timeout,
+        responses: Arc::default(),
     };
     if config.preload {
         for spec in &config.models {

@@ -14,4 +14,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a handler waits for the whole request body.
     pub body_timeout: Duration,
+    /// The Responses API's stored responses (`previous_response_id`).
+    pub responses: Arc<crate::response_store::ResponseStore>,
 }

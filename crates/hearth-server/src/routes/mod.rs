@@ -6,6 +6,7 @@ mod health;
 mod messages;
 mod metrics;
 mod models;
+mod responses;
 mod stream;
 mod tokenize;
 
@@ -34,6 +35,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/messages/count_tokens",
             post(tokenize::count_tokens).route_layer(json()),
+        )
+        .route("/v1/responses", post(responses::create).route_layer(json()))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
         )
         .route("/tokenize", post(tokenize::tokenize).route_layer(json()))
         .route(
