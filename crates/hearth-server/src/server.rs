@@ -147,7 +147,7 @@ fn cors(origins: &[String]) -> Result<CorsLayer> {
     .map(HeaderName::from_static);
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers(headers)
         .expose_headers(exposed))
 }
