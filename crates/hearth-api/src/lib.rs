@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod depth;
+pub mod embeddings;
 pub mod error;
 pub mod format;
 pub mod logprobs;

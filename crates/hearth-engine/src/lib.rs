@@ -4,6 +4,7 @@
 mod backend;
 mod cpu_gate;
 pub mod detok;
+pub mod embed;
 mod engine;
 mod error;
 pub mod exec;

@@ -35,6 +35,11 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     pub size_bytes: u64,
     pub n_params: u64,
+    /// How the GGUF says to pool token vectors into one (`mean`, `cls`, `last`, `rank`),
+    /// for embedding models; `None` for generative ones.
+    pub pooling: Option<String>,
+    /// Whether attention is causal: false for encoders (BERT), which only embed.
+    pub causal: bool,
 }
 
 /// Options for loading a model.
@@ -208,11 +213,11 @@ fn read_info(llama: &LlamaModel, path: PathBuf) -> ModelInfo {
         .filter(|&id| vocab.is_eog(LlamaToken(id)))
         .map(|id| id as u32)
         .collect();
+    let architecture = llama
+        .meta_val_str("general.architecture")
+        .unwrap_or_else(|_| "unknown".into());
     ModelInfo {
         path,
-        architecture: llama
-            .meta_val_str("general.architecture")
-            .unwrap_or_else(|_| "unknown".into()),
         name: llama.meta_val_str("general.name").ok(),
         context_length: llama.n_ctx_train(),
         vocab_size: llama.n_vocab() as u32,
@@ -226,5 +231,19 @@ fn read_info(llama: &LlamaModel, path: PathBuf) -> ModelInfo {
             .and_then(|t| t.to_string().ok()),
         size_bytes: llama.size(),
         n_params: llama.n_params(),
+        pooling: llama
+            .meta_val_str(&format!("{architecture}.pooling_type"))
+            .ok()
+            .and_then(|v| match v.trim() {
+                "1" => Some("mean".to_owned()),
+                "2" => Some("cls".to_owned()),
+                "3" => Some("last".to_owned()),
+                "4" => Some("rank".to_owned()),
+                _ => None,
+            }),
+        causal: llama
+            .meta_val_str(&format!("{architecture}.attention.causal"))
+            .map_or(true, |v| v.trim() != "false"),
+        architecture,
     }
 }

@@ -1,5 +1,6 @@
 //! Messages between the orchestrator and a worker.
 
+use hearth_api::embeddings::EmbedInput;
 use hearth_api::logprobs::TokenOutput;
 use hearth_api::tools::{ToolCallDelta, ToolUse};
 use hearth_api::{ApiError, GenerationParams, Priority};
@@ -54,6 +55,11 @@ pub enum ToWorker {
     Detokenize {
         id: u64,
         tokens: Vec<u32>,
+    },
+    /// Sentence embeddings of `inputs`; answered by `Embedded` or `Failed`.
+    Embed {
+        id: u64,
+        inputs: Vec<EmbedInput>,
     },
     Ping {
         nonce: u64,
@@ -159,6 +165,14 @@ pub enum FromWorker {
         id: u64,
         text: String,
     },
+    /// One unit-length vector of `dims` floats per input, in order, as base64 of their
+    /// little-endian bytes (a frame's JSON would be ~3x larger as numbers).
+    Embedded {
+        id: u64,
+        dims: usize,
+        vectors: String,
+        prompt_tokens: usize,
+    },
     /// The worker cannot serve (the model failed to load) and is exiting.
     Fatal {
         message: String,
@@ -174,7 +188,8 @@ impl Framed for ToWorker {
             },
             ToWorker::Cancel { id }
             | ToWorker::Tokenize { id, .. }
-            | ToWorker::Detokenize { id, .. } => FrameIds::one(*id),
+            | ToWorker::Detokenize { id, .. }
+            | ToWorker::Embed { id, .. } => FrameIds::one(*id),
             ToWorker::Ping { .. } | ToWorker::Shutdown => FrameIds::NONE,
         }
     }
@@ -188,7 +203,8 @@ impl Framed for FromWorker {
             | FromWorker::Done { id, .. }
             | FromWorker::Failed { id, .. }
             | FromWorker::Tokenized { id, .. }
-            | FromWorker::Detokenized { id, .. } => FrameIds::one(*id),
+            | FromWorker::Detokenized { id, .. }
+            | FromWorker::Embedded { id, .. } => FrameIds::one(*id),
             FromWorker::Ready(_) | FromWorker::Pong { .. } | FromWorker::Fatal { .. } => {
                 FrameIds::NONE
             }

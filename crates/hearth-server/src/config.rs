@@ -61,6 +61,8 @@ pub struct WorkerSettings {
     pub preemption: bool,
     /// `--flash-attn` as the worker takes it (`auto`, `on`, `off`).
     pub flash_attn: &'static str,
+    /// `--pooling` as the worker takes it (`model`, `mean`, `cls`, `last`).
+    pub pooling: &'static str,
     /// Workers take turns decoding (one shared lock) because their threads together would
     /// exceed the CPU's cores when several models are busy.
     pub cpu_gate: bool,

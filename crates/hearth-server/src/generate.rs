@@ -162,7 +162,7 @@ async fn launch(job: &Job, deadline: Instant) -> Result<Launched, Launch> {
     Ok((group, prompt_tokens, early))
 }
 
-fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
+pub(crate) fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
     match error {
         AdmitError::QueueFull { retry_after, which } => ApiError::queue_full(
             format!("The server is busy: {which} for this model is full. Retry later."),

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// (docs/architecture.md, "Exactness").
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
     pub flash_attn: FlashAttn,
+    /// How `/v1/embeddings` pools token vectors: `model` takes the GGUF's pooling (embedding
+    /// models have one); `mean`, `cls` or `last` let any model embed.
+    #[arg(long, value_enum, default_value_t = PoolingArg::Model, env = "HEARTH_POOLING")]
+    pub pooling: PoolingArg,
     /// Seconds a request may run; past it the client gets 504 and a worker that stopped
     /// answering is killed.
     #[arg(long, default_value_t = 600, env = "HEARTH_REQUEST_TIMEOUT")]
@@ -177,6 +181,35 @@ pub struct QueueArgs {
     /// seeing only a pause) instead of waiting.
     #[arg(long, value_enum, default_value_t = Switch::On, env = "HEARTH_PREEMPTION")]
     pub preemption: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolingArg {
+    Model,
+    Mean,
+    Cls,
+    Last,
+}
+
+impl PoolingArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolingArg::Model => "model",
+            PoolingArg::Mean => "mean",
+            PoolingArg::Cls => "cls",
+            PoolingArg::Last => "last",
+        }
+    }
+
+    pub fn engine(self) -> hearth_engine::embed::Pooling {
+        use hearth_engine::embed::Pooling;
+        match self {
+            PoolingArg::Model => Pooling::Model,
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Cls => Pooling::Cls,
+            PoolingArg::Last => Pooling::Last,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -292,6 +325,8 @@ pub struct WorkerArgs {
     pub no_preemption: bool,
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
     pub flash_attn: FlashAttn,
+    #[arg(long, value_enum, default_value_t = PoolingArg::Model)]
+    pub pooling: PoolingArg,
     /// MiB of host memory for saved prompt caches.
     #[arg(long, default_value_t = 0)]
     pub prompt_cache_ram: usize,

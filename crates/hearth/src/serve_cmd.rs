@@ -70,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(default_prompt_cache_ram),
             preemption: args.queue.preemption == Switch::On,
             flash_attn: args.flash_attn.as_str(),
+            pooling: args.pooling.as_str(),
             cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),

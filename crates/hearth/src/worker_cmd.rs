@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{Context, Result};
+use hearth_api::embeddings::EmbedInput;
 use hearth_api::format::JsonFormat;
 use hearth_api::logprobs::{TokenOutput, TopToken};
 use hearth_api::tools::{ToolCallDelta, ToolChoice, ToolUse};
@@ -24,9 +25,13 @@ use hearth_ipc::{
 };
 
 use crate::cli::WorkerArgs;
+use hearth_engine::embed::{EmbedConfig, Embedder};
 
 /// Frames to the orchestrator come from two threads (this one and the engine's).
 type Outbox = Arc<Mutex<UnixStream>>;
+
+/// Inputs decoded together by the embedding context (each its own sequence).
+const EMBED_BATCH_INPUTS: u32 = 64;
 
 pub fn run(args: WorkerArgs) -> Result<()> {
     set_process_name(&format!("hearth-worker-{}", args.model_id));
@@ -65,12 +70,20 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             size_bytes: info.size_bytes,
         }),
     );
+    let embed_config = EmbedConfig {
+        pooling: args.pooling.engine(),
+        threads: engine.config().threads,
+        batch_tokens: engine.config().context_per_slot,
+        batch_inputs: EMBED_BATCH_INPUTS,
+    };
     let worker = Arc::new(Worker {
         engine,
         template,
         syntax,
         outbox,
         sequences: Arc::new(Mutex::new(HashMap::new())),
+        embed_config,
+        embedder: std::sync::OnceLock::new(),
     });
     // Rendering, tokenizing and compiling grammars happen on their own thread: this one
     // must stay free to answer pings and cancels, however large a prompt is.
@@ -90,6 +103,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                             with_pieces,
                         } => worker.answer_tokenize(id, prompt, add_special, with_pieces),
                         Work::Detokenize { id, tokens } => worker.answer_detokenize(id, &tokens),
+                        Work::Embed { id, inputs } => worker.embed(id, inputs),
                     }
                 }
             })?
@@ -153,6 +167,11 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             }
             ToWorker::Detokenize { id, tokens } => {
                 if jobs.send(Work::Detokenize { id, tokens }).is_err() {
+                    break;
+                }
+            }
+            ToWorker::Embed { id, inputs } => {
+                if jobs.send(Work::Embed { id, inputs }).is_err() {
                     break;
                 }
             }
@@ -221,6 +240,10 @@ enum Work {
         id: u64,
         tokens: Vec<u32>,
     },
+    Embed {
+        id: u64,
+        inputs: Vec<EmbedInput>,
+    },
 }
 
 /// One prompt's sequences, waiting for the preparing thread.
@@ -249,6 +272,10 @@ struct Worker {
     syntax: Option<ToolSyntax>,
     outbox: Outbox,
     sequences: Sequences,
+    embed_config: EmbedConfig,
+    /// The embedding context, made on the first `/v1/embeddings` request (or why it cannot
+    /// be: a generative model without `--pooling`).
+    embedder: std::sync::OnceLock<Result<Embedder, String>>,
 }
 
 fn lock(sequences: &Sequences) -> std::sync::MutexGuard<'_, HashMap<u64, SequenceState>> {
@@ -298,6 +325,92 @@ impl Worker {
             Ok(Err(error)) => self.fail(id, error),
             Err(_) => self.fail(id, ApiError::internal("the worker failed while tokenizing")),
         }
+    }
+
+    /// `/v1/embeddings`: tokenize here, embed on the embedding thread, which answers.
+    fn embed(&self, id: u64, inputs: Vec<EmbedInput>) {
+        let embedder = self.embedder.get_or_init(|| {
+            Embedder::start(self.engine.model().clone(), self.embed_config.clone())
+                .map_err(|e| e.to_string())
+        });
+        let embedder = match embedder {
+            Ok(embedder) => embedder,
+            Err(reason) => return self.fail(id, ApiError::invalid_value("model", reason.clone())),
+        };
+        let model = self.engine.model();
+        let vocab = model.info().vocab_size;
+        let mut tokens = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            let ids = match input {
+                // With the model's special tokens ([CLS] … [SEP] for BERT); text that looks
+                // like a control token is text.
+                EmbedInput::Text(text) => model.tokenize(&text, true, false),
+                EmbedInput::Tokens(ids) => ids,
+            };
+            if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                let error = ApiError::invalid_value(
+                    "input",
+                    format!("input[{i}]: token {bad} is outside the vocabulary (size {vocab})"),
+                );
+                return self.fail(id, error);
+            }
+            if ids.len() > embedder.max_tokens() {
+                let mut error = ApiError::context_length_exceeded(ids.len(), embedder.max_tokens());
+                error.message = format!("input[{i}]: {}", error.message);
+                error.param = Some("input".into());
+                return self.fail(id, error);
+            }
+            if ids.is_empty() {
+                return self.fail(
+                    id,
+                    ApiError::invalid_value("input", format!("input[{i}]: no tokens")),
+                );
+            }
+            tokens.push(ids);
+        }
+        let dims = embedder.dims();
+        if tokens.len().saturating_mul(dims) > hearth_api::embeddings::MAX_FLOATS {
+            let error = ApiError::invalid_value(
+                "input",
+                format!(
+                    "input: {} inputs of {dims} dimensions are more than one request may                      return; send at most {}",
+                    tokens.len(),
+                    hearth_api::embeddings::MAX_FLOATS / dims.max(1)
+                ),
+            );
+            return self.fail(id, error);
+        }
+        let prompt_tokens = tokens.iter().map(Vec::len).sum();
+        let outbox = self.outbox.clone();
+        embedder.submit(tokens, move |result| {
+            let message = match result {
+                Ok(vectors) => FromWorker::Embedded {
+                    id,
+                    dims,
+                    vectors: hearth_api::embeddings::f32s_to_base64(&vectors.concat()),
+                    prompt_tokens,
+                },
+                Err(e) => {
+                    let error = ApiError::internal(format!("embedding failed: {e}"));
+                    FromWorker::Failed {
+                        id,
+                        status: error.status,
+                        error,
+                    }
+                }
+            };
+            if !send(&outbox, &message) {
+                let error = ApiError::internal("the embeddings were too large to send back");
+                send(
+                    &outbox,
+                    &FromWorker::Failed {
+                        id,
+                        status: error.status,
+                        error,
+                    },
+                );
+            }
+        });
     }
 
     /// `/detokenize`: ids to text (bytes that are not UTF-8 become U+FFFD).
@@ -364,6 +477,13 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
+        if !self.engine.model().info().causal {
+            return Err(ApiError::invalid_value(
+                "model",
+                "this is an embedding model (its attention is not causal): it serves \
+                 /v1/embeddings, not text generation",
+            ));
+        }
         // Just deserialised, the prompt has no other owner: unwrapping it copies nothing.
         let prompt = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
         let grammar = prompt.reply.as_ref().and_then(|r| r.grammar.clone());

@@ -2,6 +2,7 @@
 
 mod chat;
 mod completions;
+mod embeddings;
 mod health;
 mod messages;
 mod metrics;
@@ -30,6 +31,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/completions",
             post(completions::completions).route_layer(json()),
+        )
+        .route(
+            "/v1/embeddings",
+            post(embeddings::embeddings).route_layer(json()),
         )
         .route("/v1/messages", post(messages::messages).route_layer(json()))
         .route(

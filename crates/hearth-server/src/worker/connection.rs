@@ -153,6 +153,21 @@ fn route(shared: &Shared, message: FromWorker) {
             }
             return;
         }
+        FromWorker::Embedded {
+            id,
+            dims,
+            vectors,
+            prompt_tokens,
+        } => {
+            if let Some(caller) = shared.lock_calls().remove(&id) {
+                let _ = caller.send(Ok(Answer::Embeddings {
+                    dims,
+                    vectors,
+                    prompt_tokens,
+                }));
+            }
+            return;
+        }
         FromWorker::Pong { nonce, status } => {
             if let Some(waiter) = shared.lock_pings().remove(&nonce) {
                 let _ = waiter.send(status);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hearth_api::embeddings::EmbedInput;
 use hearth_api::logprobs::TokenOutput;
 use hearth_api::tools::ToolCallDelta;
 use hearth_api::{ApiError, GenerationParams, Priority};
@@ -115,7 +116,7 @@ impl Shared {
     }
 }
 
-/// A worker's answer to a tokenize or detokenize request.
+/// A worker's answer to a tokenize, detokenize or embed request.
 #[derive(Debug)]
 pub enum Answer {
     Tokens {
@@ -123,6 +124,23 @@ pub enum Answer {
         pieces: Vec<Vec<u8>>,
     },
     Text(String),
+    /// Unit vectors of `dims` floats, as base64 of their little-endian bytes.
+    Embeddings {
+        dims: usize,
+        vectors: String,
+        prompt_tokens: usize,
+    },
+}
+
+/// Sentence embeddings from a worker.
+#[derive(Debug)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+fn out_of_turn() -> ApiError {
+    ApiError::internal("the worker answered out of turn")
 }
 
 pub(crate) type CallReply = oneshot::Sender<Result<Answer, ApiError>>;
@@ -278,19 +296,55 @@ impl Worker {
             .await?
         {
             Answer::Tokens { tokens, pieces } => Ok((tokens, pieces)),
-            Answer::Text(_) => Err(ApiError::internal("the worker answered out of turn")),
+            _ => Err(out_of_turn()),
         }
     }
 
     pub async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, ApiError> {
         match self.call(|id| ToWorker::Detokenize { id, tokens }).await? {
             Answer::Text(text) => Ok(text),
-            Answer::Tokens { .. } => Err(ApiError::internal("the worker answered out of turn")),
+            _ => Err(out_of_turn()),
+        }
+    }
+
+    /// Embed `inputs`, waiting at most `timeout` (a large batch takes a while on a CPU).
+    pub async fn embed(
+        &self,
+        inputs: Vec<EmbedInput>,
+        timeout: Duration,
+    ) -> Result<Embeddings, ApiError> {
+        let count = inputs.len();
+        match self
+            .call_within(timeout, |id| ToWorker::Embed { id, inputs })
+            .await?
+        {
+            Answer::Embeddings {
+                dims,
+                vectors,
+                prompt_tokens,
+            } => {
+                let floats = hearth_api::embeddings::base64_to_f32s(&vectors)
+                    .filter(|f| dims > 0 && f.len() == dims * count)
+                    .ok_or_else(|| ApiError::internal("the worker's embeddings were malformed"))?;
+                Ok(Embeddings {
+                    vectors: floats.chunks(dims).map(<[f32]>::to_vec).collect(),
+                    prompt_tokens,
+                })
+            }
+            _ => Err(out_of_turn()),
         }
     }
 
     /// One request-and-answer with the worker (no slot, no events).
     async fn call(&self, message: impl FnOnce(u64) -> ToWorker) -> Result<Answer, ApiError> {
+        self.call_within(CALL_TIMEOUT, message).await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        message: impl FnOnce(u64) -> ToWorker,
+    ) -> Result<Answer, ApiError> {
         let lost = || {
             ApiError::worker_failed(format!(
                 "the worker for model '{}' went away; retry the request",
@@ -307,7 +361,7 @@ impl Worker {
             self.shared.lock_calls().remove(&id);
             return Err(lost());
         }
-        let answer = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+        let answer = tokio::time::timeout(timeout, rx).await;
         self.shared.lock_calls().remove(&id);
         match answer {
             Ok(Ok(answer)) => answer,
@@ -315,7 +369,7 @@ impl Worker {
             Err(_) => Err(ApiError::timeout(format!(
                 "the worker for model '{}' did not answer within {} s",
                 self.model_id,
-                CALL_TIMEOUT.as_secs()
+                timeout.as_secs()
             ))),
         }
     }

@@ -81,6 +81,7 @@ pub async fn spawn_worker(
         command.arg("--no-preemption");
     }
     command.arg("--flash-attn").arg(settings.flash_attn);
+    command.arg("--pooling").arg(settings.pooling);
     command
         .arg("--prompt-cache-ram")
         .arg(settings.prompt_cache_ram_mib.to_string());
