@@ -112,7 +112,7 @@ pub struct EngineStats {
     pub slot_tokens: std::sync::Mutex<Vec<usize>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StatsSnapshot {
     pub running: usize,
     pub waiting: usize,

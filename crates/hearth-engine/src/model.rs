@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub gpu_layers: u32,
     /// Compiled structured-output grammars kept (0 means the default).
     pub grammar_cache_size: usize,
+    /// Load the tokenizer and metadata only, no weights: for counting tokens.
+    pub vocab_only: bool,
 }
 
 /// A loaded model: the llama.cpp weights plus the text of every token.
@@ -74,7 +76,9 @@ impl Model {
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
         check_gguf_header(&path)?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers)
+            .with_vocab_only(options.vocab_only);
         let llama = LlamaModel::load_from_file(backend(), &path, &params)
             .map_err(|_| EngineError::LoadFailed(path.clone()))?;
         let pieces = token_pieces(&llama);

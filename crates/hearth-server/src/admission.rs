@@ -124,6 +124,12 @@ impl Admission {
         }
     }
 
+    /// Whether a request for `slots` slots would wait now (others wait, or too few are free).
+    pub fn would_wait(&self, slots: usize) -> bool {
+        let inner = self.lock();
+        !inner.waiting.is_empty() || inner.in_use + slots.min(self.capacity) > self.capacity
+    }
+
     /// Requests admitted and not yet finished.
     pub fn running(&self) -> usize {
         self.lock().running

@@ -63,6 +63,9 @@ pub struct WorkerSettings {
     pub flash_attn: &'static str,
     /// `--pooling` as the worker takes it (`model`, `mean`, `cls`, `last`).
     pub pooling: &'static str,
+    /// Load the tokenizer only (a worker that counts tokens for requests to a model whose
+    /// own worker is not up).
+    pub vocab_only: bool,
     /// Workers take turns decoding (one shared lock) because their threads together would
     /// exceed the CPU's cores when several models are busy.
     pub cpu_gate: bool,

@@ -58,6 +58,7 @@ pub async fn start(
     let sequences: usize = prompts.iter().map(|(_, choices)| choices.len()).sum();
     let per_prompt = prompts.first().map_or(1, |(_, c)| c.len()).max(1);
     let admission = state.models.admission(model)?;
+    crate::fit::refuse_what_cannot_fit(state, model, &prompts, &admission).await?;
     let queued = Instant::now();
     let permit = admission
         .admit(meta.priority, sequences)

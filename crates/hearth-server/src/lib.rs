@@ -5,6 +5,7 @@ pub mod admission;
 pub mod config;
 mod error;
 mod extract;
+mod fit;
 mod footprint;
 mod gate;
 mod generate;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use hearth_api::ApiError;
+use hearth_ipc::PromptSpec;
 
 use crate::admission::{Admission, QueueLimits};
 use crate::config::{LifecycleConfig, ModelSpec, WorkerSettings};
@@ -18,6 +19,10 @@ pub const DEFAULT_ALIAS: &str = "default";
 
 /// How long an unloading worker gets to exit by itself before it is killed.
 const UNLOAD_GRACE: Duration = Duration::from_secs(3);
+/// Vocabulary-only workers kept for counting the tokens of models that are not loaded (the
+/// seed kept an LRU of five tokenizers).
+const VOCAB_WORKERS: usize = 5;
+
 /// Longest pause between load attempts of a model that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -114,6 +119,8 @@ pub struct ModelManager {
     spawn: SpawnContext,
     /// One load at a time: memory accounting stays exact and loads do not fight for cores.
     load_lock: tokio::sync::Mutex<()>,
+    /// Vocabulary-only workers by model id, least recently used first.
+    vocabularies: tokio::sync::Mutex<Vec<(String, Arc<Worker>)>>,
 }
 
 impl ModelManager {
@@ -131,6 +138,7 @@ impl ModelManager {
             lifecycle,
             spawn,
             load_lock: tokio::sync::Mutex::new(()),
+            vocabularies: tokio::sync::Mutex::new(Vec::new()),
         };
         for spec in specs {
             manager.add(spec);
@@ -536,6 +544,76 @@ impl ModelManager {
         out
     }
 
+    /// A worker that counts a model's tokens with its own template and tokenizer without
+    /// loading its weights: the model's worker if it is up, else a vocabulary-only worker
+    /// (milliseconds to start, megabytes of memory; the `VOCAB_WORKERS` most recently used
+    /// are kept).
+    pub async fn counter(&self, id: &str) -> Result<Arc<Worker>, ApiError> {
+        let entry = self.entry(id)?;
+        if let Some(worker) = entry.current_worker() {
+            return Ok(worker);
+        }
+        let mut vocabularies = self.vocabularies.lock().await;
+        vocabularies.retain(|(_, worker)| worker.is_alive());
+        if let Some(at) = vocabularies.iter().position(|(m, _)| *m == entry.spec.id) {
+            let kept = vocabularies.remove(at);
+            let worker = kept.1.clone();
+            vocabularies.push(kept);
+            return Ok(worker);
+        }
+        let settings = WorkerSettings {
+            vocab_only: true,
+            ..entry.settings.clone()
+        };
+        let worker = spawn_worker(&entry.spec, &settings, &self.spawn).await?;
+        vocabularies.push((entry.spec.id.clone(), worker.clone()));
+        while vocabularies.len() > VOCAB_WORKERS {
+            let (_, oldest) = vocabularies.remove(0);
+            tokio::spawn(async move { oldest.stop(UNLOAD_GRACE).await });
+        }
+        Ok(worker)
+    }
+
+    /// A prompt's tokens (and their bytes, with `with_pieces`) by `counter`'s worker. A
+    /// vocabulary-only worker that does not answer in time is killed (the supervisor watches
+    /// only model workers), so the next count starts a fresh one.
+    pub async fn count(
+        &self,
+        id: &str,
+        prompt: PromptSpec,
+        add_special: bool,
+        with_pieces: bool,
+    ) -> Result<(Vec<u32>, Vec<Vec<u8>>), ApiError> {
+        let worker = self.counter(id).await?;
+        let counted = worker.tokenize(prompt, add_special, with_pieces).await;
+        if matches!(&counted, Err(e) if e.status == 504) {
+            let mut vocabularies = self.vocabularies.lock().await;
+            if let Some(at) = vocabularies
+                .iter()
+                .position(|(_, w)| Arc::ptr_eq(w, &worker))
+            {
+                vocabularies.remove(at);
+                worker.kill_for("the vocabulary worker stopped answering");
+            }
+        }
+        counted
+    }
+
+    /// The models with a vocabulary-only worker up, least recently used first.
+    pub async fn counting(&self) -> Vec<String> {
+        let vocabularies = self.vocabularies.lock().await;
+        vocabularies
+            .iter()
+            .filter(|(_, w)| w.is_alive())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Context tokens per sequence of a model's worker.
+    pub fn context_per_slot(&self, id: &str) -> Result<usize, ApiError> {
+        Ok(self.entry(id)?.settings.ctx_size as usize)
+    }
+
     /// The worker of a model if one is up (no load started).
     pub fn loaded_worker(&self, id: &str) -> Option<Arc<Worker>> {
         self.entry(id).ok()?.current_worker()
@@ -543,7 +621,14 @@ impl ModelManager {
 
     /// Stop every worker (server shutdown).
     pub async fn stop_all(&self) {
-        let workers = self.running_workers().await;
+        let mut workers = self.running_workers().await;
+        workers.extend(
+            self.vocabularies
+                .lock()
+                .await
+                .drain(..)
+                .map(|(_, worker)| worker),
+        );
         futures_util::future::join_all(workers.iter().map(|w| w.stop(Duration::from_millis(500))))
             .await;
     }

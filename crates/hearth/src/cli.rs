@@ -327,6 +327,9 @@ pub struct WorkerArgs {
     pub flash_attn: FlashAttn,
     #[arg(long, value_enum, default_value_t = PoolingArg::Model)]
     pub pooling: PoolingArg,
+    /// Load only the tokenizer and template: count tokens for the orchestrator.
+    #[arg(long)]
+    pub vocab_only: bool,
     /// MiB of host memory for saved prompt caches.
     #[arg(long, default_value_t = 0)]
     pub prompt_cache_ram: usize,

@@ -71,6 +71,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             preemption: args.queue.preemption == Switch::On,
             flash_attn: args.flash_attn.as_str(),
             pooling: args.pooling.as_str(),
+            vocab_only: false,
             cpu_gate: false,
             load_timeout: Duration::from_secs(args.load_timeout),
             keep_orphans: std::env::var_os("HEARTH_TEST_KEEP_ORPHANS").is_some(),

@@ -41,8 +41,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("connecting to {}", args.socket.display()))?;
     let outbox: Outbox = Arc::new(Mutex::new(stream.try_clone()?));
-    let engine = match load(&args) {
-        Ok(engine) => engine,
+    let (model, engine) = match load(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             send(
                 &outbox,
@@ -53,30 +53,31 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let template = model_chat_template(engine.model()).ok();
+    let template = model_chat_template(&model).ok();
     let syntax = template.as_ref().map(|t| {
-        let source = engine.model().info().chat_template.as_deref().unwrap_or("");
+        let source = model.info().chat_template.as_deref().unwrap_or("");
         ToolSyntax::detect(source, t.supports_tools())
     });
-    let info = engine.model().info();
+    let info = model.info();
     send(
         &outbox,
         &FromWorker::Ready(WorkerReady {
             pid: std::process::id(),
             architecture: info.architecture.clone(),
             vocab_size: info.vocab_size,
-            context_per_slot: engine.config().context_per_slot,
-            slots: engine.config().parallel,
+            context_per_slot: args.ctx_size,
+            slots: engine.as_ref().map_or(0, |e| e.config().parallel),
             size_bytes: info.size_bytes,
         }),
     );
     let embed_config = EmbedConfig {
         pooling: args.pooling.engine(),
-        threads: engine.config().threads,
-        batch_tokens: engine.config().context_per_slot,
+        threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
+        batch_tokens: args.ctx_size,
         batch_inputs: EMBED_BATCH_INPUTS,
     };
     let worker = Arc::new(Worker {
+        model,
         engine,
         template,
         syntax,
@@ -190,14 +191,19 @@ fn ignore_interrupts() {
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
 
-fn load(args: &WorkerArgs) -> Result<Engine> {
-    let model = Model::load(
+/// The model, and its engine unless only its vocabulary was loaded (`--vocab-only`).
+fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>)> {
+    let model = Arc::new(Model::load(
         &args.model,
         &LoadOptions {
             gpu_layers: args.gpu_layers,
             grammar_cache_size: args.grammar_cache_size,
+            vocab_only: args.vocab_only,
         },
-    )?;
+    )?);
+    if args.vocab_only {
+        return Ok((model, None));
+    }
     let config = EngineConfig {
         parallel: args.parallel,
         context_per_slot: args.ctx_size,
@@ -210,7 +216,8 @@ fn load(args: &WorkerArgs) -> Result<Engine> {
         cpu_gate: args.cpu_gate.clone(),
         ..EngineConfig::default()
     };
-    Ok(Engine::start(Arc::new(model), config)?)
+    let engine = Engine::start(model.clone(), config)?;
+    Ok((model, Some(engine)))
 }
 
 /// `ps` and `top` show the worker as `hearth-worker-<model>` (argv[0] is set by the parent;
@@ -266,7 +273,9 @@ enum SequenceState {
 type Sequences = Arc<Mutex<HashMap<u64, SequenceState>>>;
 
 struct Worker {
-    engine: Engine,
+    model: Arc<Model>,
+    /// `None` in a vocabulary-only worker, which tokenizes and nothing else.
+    engine: Option<Engine>,
     template: Option<ChatTemplate>,
     /// The call syntax and reasoning style read from the template.
     syntax: Option<ToolSyntax>,
@@ -283,6 +292,13 @@ fn lock(sequences: &Sequences) -> std::sync::MutexGuard<'_, HashMap<u64, Sequenc
 }
 
 impl Worker {
+    /// The engine; a vocabulary-only worker has none and only tokenizes.
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("this worker only counts tokens"))
+    }
+
     fn track(&self, ids: &[u64]) {
         let mut sequences = lock(&self.sequences);
         for &id in ids {
@@ -304,7 +320,7 @@ impl Worker {
 
     /// `/tokenize`: the prompt's tokens as a generation would see them, and their text.
     fn answer_tokenize(&self, id: u64, prompt: PromptSpec, add_special: bool, with_pieces: bool) {
-        let model = self.engine.model();
+        let model = &self.model;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match prompt {
             // As a completion reads its prompt: special-token text is not parsed.
             PromptSpec::Text(text) => Ok(model.tokenize(&text, add_special, false)),
@@ -329,22 +345,26 @@ impl Worker {
 
     /// `/v1/embeddings`: tokenize here, embed on the embedding thread, which answers.
     fn embed(&self, id: u64, inputs: Vec<EmbedInput>) {
+        if let Err(error) = self.engine() {
+            return self.fail(id, error);
+        }
         let embedder = self.embedder.get_or_init(|| {
-            Embedder::start(self.engine.model().clone(), self.embed_config.clone())
+            Embedder::start(self.model.clone(), self.embed_config.clone())
                 .map_err(|e| e.to_string())
         });
         let embedder = match embedder {
             Ok(embedder) => embedder,
             Err(reason) => return self.fail(id, ApiError::invalid_value("model", reason.clone())),
         };
-        let model = self.engine.model();
+        let model = &self.model;
         let vocab = model.info().vocab_size;
         let mut tokens = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.into_iter().enumerate() {
             let ids = match input {
-                // With the model's special tokens ([CLS] … [SEP] for BERT); text that looks
-                // like a control token is text.
-                EmbedInput::Text(text) => model.tokenize(&text, true, false),
+                // With the model's special tokens ([CLS] … [SEP] for BERT), and special-token
+                // text read as the token, as Hugging Face tokenizers (and so the
+                // sentence-transformers a model was trained with) do.
+                EmbedInput::Text(text) => model.tokenize(&text, true, true),
                 EmbedInput::Tokens(ids) => ids,
             };
             if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
@@ -415,7 +435,7 @@ impl Worker {
 
     /// `/detokenize`: ids to text (bytes that are not UTF-8 become U+FFFD).
     fn answer_detokenize(&self, id: u64, tokens: &[u32]) {
-        let model = self.engine.model();
+        let model = &self.model;
         let vocab = model.info().vocab_size;
         if let Some(bad) = tokens.iter().position(|&t| t >= vocab) {
             let error = ApiError::invalid_value(
@@ -477,7 +497,8 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
-        if !self.engine.model().info().causal {
+        let engine = self.engine()?;
+        if !self.model.info().causal {
             return Err(ApiError::invalid_value(
                 "model",
                 "this is an embedding model (its attention is not causal): it serves \
@@ -500,8 +521,7 @@ impl Worker {
             } else {
                 "prompt"
             };
-            let ready = self
-                .engine
+            let ready = engine
                 .prepare(request)
                 .map_err(|e| engine_error(e, param))?;
             prepared.push((ready, with_logprobs));
@@ -514,7 +534,7 @@ impl Worker {
     }
 
     fn tokenize(&self, prompt: PromptSpec) -> Result<Prompt, ApiError> {
-        let model = self.engine.model();
+        let model = &self.model;
         let tokens = match prompt {
             PromptSpec::Chat {
                 mut messages,
@@ -589,7 +609,7 @@ impl Worker {
                 ToolChoice::Required => CallMode::Required,
                 ToolChoice::Named(name) => CallMode::Named(name.clone()),
             };
-            let model = self.engine.model();
+            let model = &self.model;
             let single_token = |text: &str| match model.tokenize(text, false, true)[..] {
                 [id] => Some(id),
                 _ => None,
@@ -623,7 +643,7 @@ impl Worker {
         with_logprobs: bool,
         mut parser: Option<ReplyParser>,
     ) -> Result<(), ApiError> {
-        let model = self.engine.model().clone();
+        let model = self.model.clone();
         let outbox = self.outbox.clone();
         let sequences = self.sequences.clone();
         let prompt_tokens = prepared.prompt_len();
@@ -694,7 +714,7 @@ impl Worker {
         }
         send(&self.outbox, &FromWorker::Accepted { id, prompt_tokens });
         let engine_id = self
-            .engine
+            .engine()?
             .submit_prepared(prepared, sink)
             .map_err(|e| engine_error(e, "prompt"))?;
         sequences.insert(id, SequenceState::Running(engine_id));
@@ -707,7 +727,9 @@ impl Worker {
             Some(SequenceState::Running(engine_id)) => {
                 sequences.remove(&id);
                 drop(sequences);
-                self.engine.cancel(engine_id);
+                if let Some(engine) = &self.engine {
+                    engine.cancel(engine_id);
+                }
             }
             Some(SequenceState::Preparing) => {
                 sequences.insert(id, SequenceState::Cancelled);
@@ -717,8 +739,8 @@ impl Worker {
     }
 
     fn pong(&self, nonce: u64) {
-        let stats = self.engine.stats();
-        let (grammars_compiled, grammar_cache_hits) = self.engine.model().grammar_counters();
+        let stats = self.engine.as_ref().map(Engine::stats).unwrap_or_default();
+        let (grammars_compiled, grammar_cache_hits) = self.model.grammar_counters();
         send(
             &self.outbox,
             &FromWorker::Pong {

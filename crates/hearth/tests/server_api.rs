@@ -314,3 +314,67 @@ fn models_and_health_endpoints() {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["models"]["smol"]["status"], "ready");
 }
+
+#[test]
+fn prompts_that_cannot_fit_are_refused_without_loading_the_model() {
+    // Six models (one file), none loaded: counting uses vocabulary-only workers, at most 5.
+    let model = common::model_path().display().to_string();
+    let specs: Vec<String> = (0..6).map(|i| format!("m{i}={model}")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for spec in &specs {
+        args.extend(["--model", spec.as_str()]);
+    }
+    // (The harness serves 1024 tokens of context per sequence.)
+    let server = common::Server::launch(&args, &[]);
+    let long = "hello ".repeat(1500);
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "m0", "messages": [{"role": "user", "content": long}]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    // The count is the worker's own: the same as /tokenize of the rendered chat.
+    let (_, counted) = server.post(
+        "/tokenize",
+        &json!({"model": "m0", "messages": [{"role": "user", "content": long}]}),
+    );
+    let count = counted["count"].as_u64().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("prompt is {count} tokens")),
+        "{body}"
+    );
+    // A prompt that fits but asks for more than the rest of the context.
+    let (status, body) = server.post(
+        "/v1/completions",
+        &json!({"model": "m0", "prompt": "Once upon a time", "max_tokens": 1100}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (_, ready) = server.get("/health/ready");
+    assert_eq!(
+        ready["models"]["m0"]["state"], "unloaded",
+        "refused without waking the model: {ready}"
+    );
+    assert_eq!(ready["counting"], json!(["m0"]));
+    for i in 1..6 {
+        let (status, _) = server.post(
+            "/tokenize",
+            &json!({"model": format!("m{i}"), "content": "hi"}),
+        );
+        assert_eq!(status, 200);
+    }
+    let (_, ready) = server.get("/health/ready");
+    assert_eq!(
+        ready["counting"],
+        json!(["m1", "m2", "m3", "m4", "m5"]),
+        "{ready}"
+    );
+    // A request that fits still runs, on the model's own worker.
+    let (status, body) = server.post(
+        "/v1/completions",
+        &json!({"model": "m0", "prompt": "Once upon a time", "max_tokens": 4}),
+    );
+    assert_eq!(status, 200, "{body}");
+}

@@ -83,6 +83,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         "status": word,
         "unresponsive": unresponsive,
         "models": models,
+        // Models whose tokens a vocabulary-only worker counts (least recently used first).
+        "counting": state.models.counting().await,
     });
     (status, Json(body)).into_response()
 }

@@ -66,9 +66,9 @@ pub async fn tokenize(
         }
     };
     let model = state.models.resolve(&request.model)?;
-    let worker = state.models.worker(&model).await?;
-    let (tokens, pieces) = worker
-        .tokenize(prompt, add_special, request.with_pieces)
+    let (tokens, pieces) = state
+        .models
+        .count(&model, prompt, add_special, request.with_pieces)
         .await?;
     let count = tokens.len();
     let tokens: Value = if request.with_pieces {
@@ -87,7 +87,7 @@ pub async fn tokenize(
     Ok(Json(json!({
         "tokens": tokens,
         "count": count,
-        "max_model_len": worker.ready.context_per_slot,
+        "max_model_len": state.models.context_per_slot(&model)?,
     }))
     .into_response())
 }
@@ -98,7 +98,7 @@ pub async fn detokenize(
 ) -> Result<Response, HttpError> {
     let request: DetokenizeRequest = hearth_api::parse_body(&body)?;
     let model = state.models.resolve(&request.model)?;
-    let worker = state.models.worker(&model).await?;
+    let worker = state.models.counter(&model).await?;
     let text = worker.detokenize(request.tokens).await?;
     // llama.cpp answers `content`, vLLM `prompt`.
     Ok(Json(json!({"content": text, "prompt": text})).into_response())
@@ -118,8 +118,7 @@ pub async fn count_tokens(
     let request: MessagesRequest = hearth_api::parse_value(&value)?;
     let prompt = chat_prompt(&request.to_chat()?)?;
     let model = state.models.resolve(&request.model)?;
-    let worker = state.models.worker(&model).await?;
-    let (tokens, _) = worker.tokenize(prompt, false, false).await?;
+    let (tokens, _) = state.models.count(&model, prompt, false, false).await?;
     Ok(Json(json!({"input_tokens": tokens.len()})).into_response())
 }
 

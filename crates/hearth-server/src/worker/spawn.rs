@@ -82,6 +82,9 @@ pub async fn spawn_worker(
     }
     command.arg("--flash-attn").arg(settings.flash_attn);
     command.arg("--pooling").arg(settings.pooling);
+    if settings.vocab_only {
+        command.arg("--vocab-only");
+    }
     command
         .arg("--prompt-cache-ram")
         .arg(settings.prompt_cache_ram_mib.to_string());

@@ -1,0 +1,45 @@
+//! Refusing a prompt that cannot fit the model's context before it queues or wakes a
+//! worker. A model whose worker is up with a slot free refuses such a prompt at once
+//! itself; otherwise the prompt is counted here first — by the model's worker, or by a
+//! vocabulary-only worker when the model is not loaded (`ModelManager::counter`), with the
+//! model's own template and tokenizer, so the count is the one a generation would see.
+
+use hearth_api::ApiError;
+
+use crate::admission::Admission;
+use crate::generate::Prompts;
+use crate::state::AppState;
+
+pub async fn refuse_what_cannot_fit(
+    state: &AppState,
+    model: &str,
+    prompts: &Prompts,
+    admission: &Admission,
+) -> Result<(), ApiError> {
+    let sequences: usize = prompts.iter().map(|(_, choices)| choices.len()).sum();
+    if state.models.loaded_worker(model).is_some() && !admission.would_wait(sequences) {
+        return Ok(());
+    }
+    let context = state.models.context_per_slot(model)?;
+    for (prompt, choices) in prompts {
+        // Text prompts with the model's BOS, as a completion reads them.
+        let (tokens, _) = state
+            .models
+            .count(model, (**prompt).clone(), true, false)
+            .await?;
+        let prompt_tokens = tokens.len();
+        if prompt_tokens >= context {
+            return Err(ApiError::context_length_exceeded(prompt_tokens, context));
+        }
+        for max_tokens in choices.iter().filter_map(|c| c.max_tokens) {
+            if prompt_tokens + max_tokens > context {
+                return Err(ApiError::completion_exceeds_context(
+                    prompt_tokens,
+                    max_tokens,
+                    context,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
