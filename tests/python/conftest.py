@@ -11,6 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "hearth"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOOL_MODEL = ROOT / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+EMBEDDING_MODEL = ROOT / "models" / "all-MiniLM-L6-v2.F16.gguf"
 
 
 class Server:
@@ -55,5 +56,13 @@ def server():
 def tool_server():
     """Qwen2.5-Coder-0.5B (tool template) and SmolLM2 (no tool template) side by side."""
     s = Server(models=(f"qwen={TOOL_MODEL}", f"smol={MODEL}"), ctx_size=2048, parallel=4)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def embedding_server():
+    """all-MiniLM-L6-v2 (BERT, mean pooling from its GGUF) and SmolLM2 (no pooling)."""
+    s = Server(models=(f"minilm={EMBEDDING_MODEL}", f"smol={MODEL}"), parallel=2)
     yield s
     s.stop()
