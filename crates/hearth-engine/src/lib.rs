@@ -8,6 +8,7 @@ pub mod embed;
 mod engine;
 mod error;
 pub mod exec;
+pub mod gguf;
 mod host_cache;
 mod model;
 mod pyjson;

@@ -34,6 +34,14 @@ pub enum Command {
     Bench(BenchArgs),
     /// Download a model from Hugging Face into the local cache (org/name or org/name:QUANT).
     Pull(PullArgs),
+    /// Models a running server has: state, process, slots, queue, memory.
+    Ps(PsArgs),
+    /// Models on this machine: `models/` and the Hugging Face cache.
+    Ls(LsArgs),
+    /// What a model file is: architecture, quantization, context, template, capabilities.
+    Show(ShowArgs),
+    /// Remove a model from the Hugging Face cache (refused while a server has it loaded).
+    Rm(RmArgs),
     /// Internal: one model's worker process, started by `hearth serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -143,6 +151,50 @@ pub struct LifecycleArgs {
     /// (One whose engine makes no progress on running requests gets --request-timeout.)
     #[arg(long, default_value_t = 30.0, env = "HEARTH_HANG_TIMEOUT")]
     pub hang_timeout: f64,
+}
+
+/// Where a running `hearth serve` answers.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's address.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HEARTH_URL")]
+    pub url: String,
+    /// The server's API key, if it has one.
+    #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A GGUF path, or a Hugging Face id in the local cache (`org/name[:QUANT]`).
+    pub model: String,
+    /// JSON instead of text (the chat template included).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// A Hugging Face id in the local cache (`org/name[:QUANT]`).
+    pub model: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod cli;
 mod config_file;
 mod http_bench;
 mod model_path;
+mod models_cmd;
 mod pull_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -28,6 +29,10 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Pull(args) => pull_cmd::run(args),
+        Command::Ps(args) => models_cmd::ps(args),
+        Command::Ls(args) => models_cmd::ls(args),
+        Command::Show(args) => models_cmd::show(args),
+        Command::Rm(args) => models_cmd::rm(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
