@@ -66,3 +66,13 @@ def embedding_server():
     s = Server(models=(f"minilm={EMBEDDING_MODEL}", f"smol={MODEL}"), parallel=2)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def openapi_server():
+    """SmolLM2 with --pooling mean (so it also embeds) and a short context, so generated
+    requests end quickly."""
+    s = Server("--pooling", "mean", "--preload", models=(f"smol={MODEL}",), ctx_size=128,
+               parallel=2)
+    yield s
+    s.stop()

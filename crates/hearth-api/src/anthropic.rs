@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 
 use crate::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}))]
 pub struct MessagesRequest {
     pub model: String,
     /// Required by Anthropic's API (no default).
@@ -35,7 +36,7 @@ pub struct MessagesRequest {
     pub container: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ToolDefinition {
     pub name: String,
     #[serde(default)]
@@ -48,7 +49,7 @@ pub struct ToolDefinition {
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ToolChoice {
     #[serde(rename = "type")]
     pub kind: String,
@@ -58,7 +59,7 @@ pub struct ToolChoice {
     pub disable_parallel_tool_use: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Thinking {
     #[serde(rename = "type")]
     pub kind: String,

@@ -10,7 +10,8 @@ use crate::params::{GenerationParams, SamplingFields};
 /// Most alternatives the legacy completions API allows.
 pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "prompt": "Once upon a time", "max_tokens": 8}))]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptInput,
@@ -24,7 +25,7 @@ pub struct CompletionRequest {
 }
 
 /// A string, a list of strings, a token list, or a list of token lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PromptInput {
     Text(String),
@@ -34,7 +35,7 @@ pub enum PromptInput {
 }
 
 /// One prompt to complete.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
@@ -90,7 +91,7 @@ impl CompletionRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Completion {
     pub id: String,
     pub object: String,
@@ -102,7 +103,7 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,

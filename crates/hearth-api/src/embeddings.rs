@@ -14,7 +14,8 @@ pub const MAX_INPUTS: usize = 2048;
 /// worker frame.
 pub const MAX_FLOATS: usize = 8 << 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "input": ["The sea is calm.", "A quiet ocean."]}))]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: Value,

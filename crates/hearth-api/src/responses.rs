@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 
 use crate::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "input": "Say hello.", "max_output_tokens": 8}))]
 pub struct ResponsesRequest {
     pub model: String,
     #[serde(default)]

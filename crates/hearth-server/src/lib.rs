@@ -17,6 +17,7 @@ mod memory;
 mod metrics;
 mod models;
 mod observe;
+mod openapi;
 pub mod registry;
 mod response_store;
 mod routes;

@@ -15,6 +15,28 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use messages::shape_errors as shape_anthropic_errors;
+pub(crate) use tokenize::{DetokenizeRequest, TokenizeRequest};
+
+/// Every path `router` serves, as the OpenAPI document names them (`{id}` for axum's
+/// `{*id}`); the document's test checks each is documented.
+#[cfg(test)]
+pub(crate) const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/v1/responses/{id}",
+    "/tokenize",
+    "/detokenize",
+    "/v1/models",
+    "/v1/models/{id}",
+    "/health",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+];
 
 use crate::guard;
 use crate::state::AppState;
@@ -59,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        )
         .fallback(health::not_found)
         .with_state(state)
 }

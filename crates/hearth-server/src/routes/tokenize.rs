@@ -17,8 +17,9 @@ use crate::error::HttpError;
 use crate::extract::RequestBody;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-struct TokenizeRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "content": "Hello world"}))]
+pub(crate) struct TokenizeRequest {
     model: String,
     /// llama.cpp's field; vLLM's `prompt` means the same.
     #[serde(default, alias = "prompt")]
@@ -34,8 +35,9 @@ struct TokenizeRequest {
     with_pieces: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct DetokenizeRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "default", "tokens": [28120, 905]}))]
+pub(crate) struct DetokenizeRequest {
     model: String,
     tokens: Vec<u32>,
 }
