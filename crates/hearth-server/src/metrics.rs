@@ -231,3 +231,71 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus::core::Collector;
+
+    use super::*;
+
+    /// Every metric family the server registers, whether or not it has samples yet.
+    fn exported(m: &Metrics) -> std::collections::BTreeSet<String> {
+        let collectors: Vec<&dyn Collector> = vec![
+            &m.num_requests_running,
+            &m.num_requests_waiting,
+            &m.time_to_first_token,
+            &m.inter_token_latency,
+            &m.e2e_request_latency,
+            &m.request_queue_time,
+            &m.prompt_tokens,
+            &m.generation_tokens,
+            &m.prefix_cache_queries,
+            &m.prefix_cache_hits,
+            &m.request_success,
+            &m.requests_rejected,
+            &m.kv_cache_usage,
+            &m.model_load_seconds,
+            &m.models_loaded,
+            &m.worker_restarts,
+            &m.worker_memory_bytes,
+            &m.num_requests_paused,
+            &m.prompt_cache_host_bytes,
+            &m.prompt_cache_host_entries,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana/hearth.json")).unwrap();
+        let m = Metrics::new();
+        let exported = exported(&m);
+        let mut used = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for part in expr.split("hearth:").skip(1) {
+                    let name: String = part
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    // Histograms are queried through their series.
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    used.insert(format!("hearth:{family}"));
+                }
+            }
+        }
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "the dashboard queries {unknown:?}");
+        let unshown: Vec<_> = exported.difference(&used).collect();
+        assert!(unshown.is_empty(), "no panel shows {unshown:?}");
+    }
+}
