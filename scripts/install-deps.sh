@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building hearth needs on a fresh Debian machine: cmake and libclang (bindgen
-# for llama.cpp), and promtool (from `prometheus`; the tests check /metrics with it).
+# for llama.cpp), promtool (from `prometheus`; the tests check /metrics with it), and
+# Chromium (the chat page's tests drive it with Playwright).
 # Does nothing when all are present.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ if ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
   missing+=(clang)
 fi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"

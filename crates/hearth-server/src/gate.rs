@@ -1,5 +1,6 @@
 //! Who may call the API and how often: bearer API keys (compared in constant time) and a
-//! rate limit per key, or per client address when no keys are set. `/health*` is always open;
+//! rate limit per key, or per client address when no keys are set. `/health*` and the chat
+//! page's files (`GET /`, `/ui/*`) are always open;
 //! `/metrics` needs a key but is not rate limited.
 
 use std::net::SocketAddr;
@@ -98,7 +99,13 @@ pub async fn check(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if path == "/health" || path.starts_with("/health/") || request.method() == Method::OPTIONS {
+    // The chat page's files are public (it asks for a key before it calls the API).
+    let page = request.method() == Method::GET && (path == "/" || path.starts_with("/ui/"));
+    if path == "/health"
+        || path.starts_with("/health/")
+        || page
+        || request.method() == Method::OPTIONS
+    {
         return next.run(request).await;
     }
     let client_key = if gate.api_keys.is_empty() {

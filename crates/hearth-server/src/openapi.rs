@@ -341,6 +341,12 @@ mod tests {
             crate::routes::ROUTES.len() + 2,
             "load and unload"
         );
+        for page in crate::routes::PAGES {
+            assert!(
+                !paths.contains_key(*page),
+                "{page} is a page, not an API endpoint"
+            );
+        }
         // Every $ref names a schema the document has.
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();

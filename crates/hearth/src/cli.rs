@@ -299,7 +299,8 @@ pub enum Switch {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Access")]
 pub struct AccessArgs {
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health*; repeatable.
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health* and the chat page
+    /// (which asks for the key); repeatable.
     /// An empty key is refused.
     #[arg(
         long = "api-key",

@@ -10,6 +10,7 @@ mod models;
 mod responses;
 mod stream;
 mod tokenize;
+mod ui;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -37,6 +38,10 @@ pub(crate) const ROUTES: &[&str] = &[
     "/metrics",
     "/openapi.json",
 ];
+
+/// The chat page's files: not API endpoints, so not in the OpenAPI document.
+#[cfg(test)]
+pub(crate) const PAGES: &[&str] = &["/", "/ui/app.js", "/ui/app.css"];
 
 use crate::guard;
 use crate::state::AppState;
@@ -78,6 +83,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{*id}",
             get(models::get).post(models::action).route_layer(json()),
         )
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
