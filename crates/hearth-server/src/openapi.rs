@@ -158,7 +158,7 @@ struct Ready {
     /// `ready`, `degraded` or `unavailable`.
     status: String,
     unresponsive: Vec<String>,
-    /// Each model's state, worker, slots, queue and caches, by id.
+    /// Each model's state, worker, slots, queue, caches and idle seconds, by id.
     models: Value,
     /// Models whose tokens a vocabulary-only worker counts.
     counting: Vec<String>,

@@ -49,6 +49,15 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// `95s`, `12m`, `3h`.
+fn idle(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -111,13 +120,14 @@ pub fn ps(args: PsArgs) -> Result<()> {
                 m["memory_estimate_bytes"]
                     .as_u64()
                     .map_or("-".into(), bytes),
+                m["idle_seconds"].as_u64().map_or("busy".into(), idle),
             ]
         })
         .collect();
     println!(
         "{}",
         table(
-            &["MODEL", "STATE", "PID", "RUNNING", "QUEUED", "KV", "MEMORY"],
+            &["MODEL", "STATE", "PID", "RUNNING", "QUEUED", "KV", "MEMORY", "IDLE"],
             &rows
         )
     );

@@ -33,6 +33,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             entry["last_restart"] = json!(reason);
         }
         if let Ok(admission) = state.models.admission(&view.id) {
+            // Seconds since the model last had work (absent while it has some).
+            if let Some(since) = admission.idle_since() {
+                entry["idle_seconds"] = json!(since.elapsed().as_secs());
+            }
             let queue = admission.snapshot();
             entry["queued"] = json!({
                 "high": queue.waiting[0], "normal": queue.waiting[1], "low": queue.waiting[2],
