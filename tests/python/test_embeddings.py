@@ -132,3 +132,34 @@ def test_a_model_serves_only_what_it_can(client):
     assert "--pooling" in e.value.body["message"]
     # The worker is still fine.
     assert client.embeddings.create(model="minilm", input="still here").data
+
+
+def test_a_small_request_is_not_stuck_behind_a_big_batch_and_a_dropped_batch_stops(
+        embedding_server, client):
+    """Embedding jobs take turns a batch at a time, and a job whose client went away stops."""
+    import threading
+
+    import httpx
+
+    root = embedding_server.base_url
+    big = {"model": "minilm", "input": [f"{i} " + "word " * 100 for i in range(512)]}
+    outcome = {}
+
+    def send_big():
+        try:
+            httpx.post(root + "/embeddings", json=big, timeout=4)
+            outcome["big"] = "answered"
+        except httpx.TimeoutException:
+            outcome["big"] = "gave up"  # the client goes away: the worker must stop the job
+
+    thread = threading.Thread(target=send_big)
+    thread.start()
+    import time
+    time.sleep(0.5)
+    small = client.embeddings.create(model="minilm", input="just one sentence")
+    small_done_while_big_ran = thread.is_alive()
+    thread.join()
+    assert small.data and small_done_while_big_ran, outcome
+    assert outcome["big"] == "gave up", "512 x 100 tokens took under 4 s: make the batch bigger"
+    # The worker is free again (the dropped job stopped at its next batch).
+    assert client.embeddings.create(model="minilm", input=["after", "the drop"]).data

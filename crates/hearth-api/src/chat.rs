@@ -58,6 +58,9 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
+/// Messages (and content parts) per request.
+pub const MAX_MESSAGES: usize = 2048;
+
 const ROLES: &[&str] = &[
     "system",
     "developer",
@@ -152,6 +155,32 @@ impl ChatCompletionRequest {
 
     /// Messages as the chat template sees them: content flattened to text.
     pub fn template_messages(&self) -> Result<Vec<Value>, ApiError> {
+        // Rendering a template costs more than linear time in the number of messages (20k
+        // took 5 s, 100k minutes, in the worker, whatever the prompt's length in tokens):
+        // bound them, and their parts, well above any conversation a context can hold.
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(ApiError::invalid_value(
+                "messages",
+                format!(
+                    "at most {MAX_MESSAGES} messages per request (got {})",
+                    self.messages.len()
+                ),
+            ));
+        }
+        let parts: usize = self
+            .messages
+            .iter()
+            .map(|m| match &m.content {
+                Some(MessageContent::Parts(parts)) => parts.len(),
+                _ => 0,
+            })
+            .sum();
+        if parts > MAX_MESSAGES {
+            return Err(ApiError::invalid_value(
+                "messages",
+                format!("at most {MAX_MESSAGES} content parts per request (got {parts})"),
+            ));
+        }
         // (call id, function name) of the calls seen so far, for tool messages.
         let mut call_names: Vec<(String, String)> = Vec::new();
         self.messages

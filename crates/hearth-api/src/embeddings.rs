@@ -10,6 +10,8 @@ use crate::ApiError;
 
 /// Inputs per request, as OpenAI allows.
 pub const MAX_INPUTS: usize = 2048;
+/// Tokens per request, as OpenAI allows (~2 minutes of a small encoder on 2 CPU threads).
+pub const MAX_TOKENS: usize = 300_000;
 /// Floats per answer (inputs × dimensions): 32 MiB of vectors, whose base64 fits one
 /// worker frame.
 pub const MAX_FLOATS: usize = 8 << 20;

@@ -110,6 +110,7 @@ impl ResponsesRequest {
         if conversation.is_empty() {
             return Err(invalid("input", "at least one input item is required"));
         }
+        check_calls_answered(&conversation)?;
         let mut messages = Vec::with_capacity(conversation.len() + 1);
         match &self.instructions {
             None | Some(Value::Null) => {}
@@ -172,6 +173,7 @@ impl ResponsesRequest {
     }
 
     fn refuse_what_we_do_not_do(&self) -> Result<(), ApiError> {
+        check_metadata(self.metadata.as_ref())?;
         if self.background == Some(Value::Bool(true)) {
             return Err(invalid(
                 "background",
@@ -248,6 +250,73 @@ impl ResponsesRequest {
             }
         }
         Ok(())
+    }
+}
+
+/// OpenAI's bounds on `metadata`: at most 16 string values, keys up to 64 characters,
+/// values up to 512 (it is stored and sent back with every response).
+fn check_metadata(metadata: Option<&Value>) -> Result<(), ApiError> {
+    let Some(metadata) = metadata.filter(|m| !m.is_null()) else {
+        return Ok(());
+    };
+    let Some(pairs) = metadata.as_object() else {
+        return Err(invalid("metadata", "must be an object of strings"));
+    };
+    if pairs.len() > 16 {
+        return Err(invalid("metadata", "at most 16 keys"));
+    }
+    for (key, value) in pairs {
+        if key.chars().count() > 64 {
+            return Err(invalid("metadata", "keys are at most 64 characters"));
+        }
+        match value.as_str() {
+            Some(text) if text.chars().count() <= 512 => {}
+            Some(_) => return Err(invalid("metadata", "values are at most 512 characters")),
+            None => return Err(invalid("metadata", "values must be strings")),
+        }
+    }
+    Ok(())
+}
+
+/// Every function call of the conversation has its output after it, and every output
+/// answers a call before it (as OpenAI checks: a model shown a call without its result, or
+/// a result of no call, would be reading a conversation that never happened).
+fn check_calls_answered(conversation: &[Value]) -> Result<(), ApiError> {
+    let mut open: Vec<&str> = Vec::new();
+    let mut made: Vec<&str> = Vec::new();
+    for message in conversation {
+        match message["role"].as_str() {
+            Some("tool") => {
+                let id = message["tool_call_id"].as_str().unwrap_or_default();
+                if !made.contains(&id) {
+                    return Err(invalid(
+                        "input",
+                        format_args!("function_call_output '{id}' answers no function call"),
+                    ));
+                }
+                open.retain(|&open_id| open_id != id);
+            }
+            _ => {
+                if let Some(id) = open.first() {
+                    return Err(invalid(
+                        "input",
+                        format_args!("no function_call_output found for function call '{id}'"),
+                    ));
+                }
+                for call in message["tool_calls"].as_array().into_iter().flatten() {
+                    let id = call["id"].as_str().unwrap_or_default();
+                    made.push(id);
+                    open.push(id);
+                }
+            }
+        }
+    }
+    match open.first() {
+        Some(id) => Err(invalid(
+            "input",
+            format_args!("no function_call_output found for function call '{id}'"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -663,6 +732,18 @@ mod tests {
                 json!({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
                 "input[0].content[0].file_id",
             ),
+            (
+                json!({"input": [{"type": "function_call_output", "call_id": "no", "output": "x"}]}),
+                "input",
+            ),
+            (
+                json!({"input": [
+                    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                    {"role": "user", "content": "and?"}]}),
+                "input",
+            ),
+            (json!({"metadata": {"k": 1}}), "metadata"),
+            (json!({"metadata": {"k": "v".repeat(513)}}), "metadata"),
             (
                 json!({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}),
                 "input[0].call_id",

@@ -2,8 +2,12 @@
 //! and a pooling type, run on its own thread. Inputs are packed into batches — each input
 //! its own sequence, whole (an encoder attends both ways, so a sequence may not be split
 //! across ubatches) — and each pooled vector comes back L2-normalised, as OpenAI's are.
+//! Jobs take turns a batch at a time, so a one-sentence request waits for one batch, not for
+//! a 2,048-input job ahead of it; a cancelled job stops at its next batch.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
@@ -53,6 +57,10 @@ type Reply = Box<dyn FnOnce(Embeddings) + Send>;
 
 struct Job {
     inputs: Vec<Vec<u32>>,
+    /// The first input not embedded yet, and the vectors so far.
+    next: usize,
+    vectors: Vec<Vec<f32>>,
+    cancelled: Arc<AtomicBool>,
     reply: Reply,
 }
 
@@ -68,11 +76,7 @@ impl Embedder {
     /// Create the context (an error if the model cannot pool) and start its thread.
     pub fn start(model: Arc<Model>, config: EmbedConfig) -> Result<Embedder> {
         if config.pooling == Pooling::Model && model.info().pooling.is_none() {
-            return Err(EngineError::ContextFailed(format!(
-                "model '{}' names no pooling for embeddings (a generative model): start it \
-                 with --pooling mean, cls or last",
-                model.info().architecture
-            )));
+            return Err(EngineError::NoPooling);
         }
         let max_tokens = config
             .batch_tokens
@@ -113,10 +117,19 @@ impl Embedder {
     }
 
     /// Embed `inputs` (token ids, each at most `max_tokens` and not empty); `reply` runs
-    /// on the embedding thread when they are done.
-    pub fn submit(&self, inputs: Vec<Vec<u32>>, reply: impl FnOnce(Embeddings) + Send + 'static) {
+    /// on the embedding thread when they are done. Setting `cancelled` stops the job at its
+    /// next batch (its reply then reports `Cancelled`).
+    pub fn submit(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        cancelled: Arc<AtomicBool>,
+        reply: impl FnOnce(Embeddings) + Send + 'static,
+    ) {
         let job = Job {
+            vectors: Vec::with_capacity(inputs.len()),
             inputs,
+            next: 0,
+            cancelled,
             reply: Box::new(reply),
         };
         if let Some(Err(mpsc::SendError(job))) = self.jobs.as_ref().map(|j| j.send(job)) {
@@ -166,38 +179,55 @@ fn run(
     let _ = ready.send(Ok(()));
     // One sequence id per token.
     let mut batch = LlamaBatch::new(max_tokens as usize, 1);
-    for job in inbox {
-        let mut vectors = Vec::with_capacity(job.inputs.len());
-        let mut failed = None;
-        let mut start = 0;
-        while start < job.inputs.len() && failed.is_none() {
-            // As many whole inputs as fit in one batch.
-            let mut end = start;
-            let mut tokens = 0;
-            while end < job.inputs.len()
-                && end - start < batch_inputs as usize
-                && tokens + job.inputs[end].len() <= max_tokens as usize
-            {
-                tokens += job.inputs[end].len();
-                end += 1;
+    let mut active: VecDeque<Job> = VecDeque::new();
+    loop {
+        // Wait for work only when there is none; take every job that has arrived.
+        if active.is_empty() {
+            match inbox.recv() {
+                Ok(job) => active.push_back(job),
+                Err(_) => return,
             }
-            if end == start {
-                failed = Some(EngineError::ContextFailed(format!(
-                    "an input of {} tokens is longer than {max_tokens}",
-                    job.inputs[start].len()
-                )));
-                break;
-            }
-            match embed_batch(&mut context, &mut batch, &job.inputs[start..end]) {
-                Ok(mut done) => vectors.append(&mut done),
-                Err(e) => failed = Some(e),
-            }
-            start = end;
         }
-        (job.reply)(match failed {
-            Some(e) => Err(e),
-            None => Ok(vectors),
-        });
+        active.extend(inbox.try_iter());
+        let Some(mut job) = active.pop_front() else {
+            continue;
+        };
+        if job.cancelled.load(Ordering::Relaxed) {
+            (job.reply)(Err(EngineError::Cancelled));
+            continue;
+        }
+        // As many whole inputs as fit in one batch.
+        let start = job.next;
+        let mut end = start;
+        let mut tokens = 0;
+        while end < job.inputs.len()
+            && end - start < batch_inputs as usize
+            && tokens + job.inputs[end].len() <= max_tokens as usize
+        {
+            tokens += job.inputs[end].len();
+            end += 1;
+        }
+        let done = if end == start {
+            Err(EngineError::ContextFailed(format!(
+                "an input of {} tokens is longer than {max_tokens}",
+                job.inputs[start].len()
+            )))
+        } else {
+            embed_batch(&mut context, &mut batch, &job.inputs[start..end])
+        };
+        match done {
+            Err(e) => (job.reply)(Err(e)),
+            Ok(mut vectors) => {
+                job.vectors.append(&mut vectors);
+                job.next = end;
+                if job.next == job.inputs.len() {
+                    (job.reply)(Ok(std::mem::take(&mut job.vectors)));
+                } else {
+                    // Its next batch after every other job's.
+                    active.push_back(job);
+                }
+            }
+        }
     }
 }
 

@@ -35,6 +35,11 @@ pub enum EngineError {
     Decode(String),
     #[error("the engine has stopped")]
     EngineStopped,
+    #[error("cancelled")]
+    Cancelled,
+    /// A generative model asked for embeddings without a pooling to make them with.
+    #[error("this model does not make embeddings: its GGUF names no pooling (a generative model); serve it with --pooling mean, cls or last")]
+    NoPooling,
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -78,6 +78,16 @@ pub struct WorkerReady {
     pub context_per_slot: u32,
     pub slots: usize,
     pub size_bytes: u64,
+    /// The GGUF's pooling for embeddings (`mean`, `cls`, …); `None` for generative models.
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// False for encoders (BERT), which embed and do not generate.
+    #[serde(default = "causal_default")]
+    pub causal: bool,
+}
+
+fn causal_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -286,6 +286,8 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
                         context_per_slot,
                         slots,
                         size_bytes,
+                        pooling: (slots % 2 == 0).then(|| "mean".to_owned()),
+                        causal: size_bytes % 2 == 0,
                     })
                 }
             ),

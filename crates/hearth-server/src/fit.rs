@@ -20,6 +20,13 @@ pub async fn refuse_what_cannot_fit(
     if state.models.loaded_worker(model).is_some() && !admission.would_wait(sequences) {
         return Ok(());
     }
+    if !state.models.can_generate(model).await? {
+        return Err(ApiError::invalid_value(
+            "model",
+            "this is an embedding model (its attention is not causal): it serves \
+             /v1/embeddings, not text generation",
+        ));
+    }
     let context = state.models.context_per_slot(model)?;
     for (prompt, choices) in prompts {
         // Text prompts with the model's BOS, as a completion reads them.

@@ -609,6 +609,19 @@ impl ModelManager {
             .collect()
     }
 
+    /// Whether a model can embed: its GGUF names a pooling, or `--pooling` gives one. Read
+    /// from the model's worker or a vocabulary-only one, so a model that cannot embed is
+    /// never loaded (and another evicted) only to say so.
+    pub async fn can_embed(&self, id: &str) -> Result<bool, ApiError> {
+        let pooling_set = self.entry(id)?.settings.pooling != "model";
+        Ok(pooling_set || self.counter(id).await?.ready.pooling.is_some())
+    }
+
+    /// Whether a model generates text (an encoder only embeds), read without loading it.
+    pub async fn can_generate(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self.counter(id).await?.ready.causal)
+    }
+
     /// Context tokens per sequence of a model's worker.
     pub fn context_per_slot(&self, id: &str) -> Result<usize, ApiError> {
         Ok(self.entry(id)?.settings.ctx_size as usize)

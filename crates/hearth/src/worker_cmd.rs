@@ -68,6 +68,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             context_per_slot: args.ctx_size,
             slots: engine.as_ref().map_or(0, |e| e.config().parallel),
             size_bytes: info.size_bytes,
+            pooling: info.pooling.clone(),
+            causal: info.causal,
         }),
     );
     let embed_config = EmbedConfig {
@@ -85,6 +87,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         sequences: Arc::new(Mutex::new(HashMap::new())),
         embed_config,
         embedder: std::sync::OnceLock::new(),
+        embeds: Arc::default(),
     });
     // Rendering, tokenizing and compiling grammars happen on their own thread: this one
     // must stay free to answer pings and cancels, however large a prompt is.
@@ -285,6 +288,8 @@ struct Worker {
     /// The embedding context, made on the first `/v1/embeddings` request (or why it cannot
     /// be: a generative model without `--pooling`).
     embedder: std::sync::OnceLock<Result<Embedder, String>>,
+    /// Embedding jobs in progress: setting the flag cancels one (its client went away).
+    embeds: Arc<Mutex<HashMap<u64, Arc<std::sync::atomic::AtomicBool>>>>,
 }
 
 fn lock(sequences: &Sequences) -> std::sync::MutexGuard<'_, HashMap<u64, SequenceState>> {
@@ -400,9 +405,26 @@ impl Worker {
             );
             return self.fail(id, error);
         }
-        let prompt_tokens = tokens.iter().map(Vec::len).sum();
+        let prompt_tokens: usize = tokens.iter().map(Vec::len).sum();
+        if prompt_tokens > hearth_api::embeddings::MAX_TOKENS {
+            let error = ApiError::invalid_value(
+                "input",
+                format!(
+                    "input: {prompt_tokens} tokens in all; at most {} per request",
+                    hearth_api::embeddings::MAX_TOKENS
+                ),
+            );
+            return self.fail(id, error);
+        }
         let outbox = self.outbox.clone();
-        embedder.submit(tokens, move |result| {
+        let embeds = self.embeds.clone();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        embeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, cancel.clone());
+        embedder.submit(tokens, cancel, move |result| {
+            embeds.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             let message = match result {
                 Ok(vectors) => FromWorker::Embedded {
                     id,
@@ -410,6 +432,8 @@ impl Worker {
                     vectors: hearth_api::embeddings::f32s_to_base64(&vectors.concat()),
                     prompt_tokens,
                 },
+                // Nobody is waiting for it.
+                Err(EngineError::Cancelled) => return,
                 Err(e) => {
                     let error = ApiError::internal(format!("embedding failed: {e}"));
                     FromWorker::Failed {
@@ -722,6 +746,15 @@ impl Worker {
     }
 
     fn cancel(&self, id: u64) {
+        if let Some(job) = self
+            .embeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            job.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         let mut sequences = lock(&self.sequences);
         match sequences.get(&id).copied() {
             Some(SequenceState::Running(engine_id)) => {

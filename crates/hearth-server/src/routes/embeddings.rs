@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_api::embeddings::{f32s_to_base64, EmbeddingRequest};
+use hearth_api::ApiError;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -24,6 +25,17 @@ pub async fn embeddings(
     let base64 = request.base64()?;
     let model = state.models.resolve(&request.model)?;
     meta.record.fields().model = Some(model.clone());
+    if !state.models.can_embed(&model).await? {
+        return Err(ApiError::invalid_value(
+            "model",
+            format!(
+                "model '{}' does not make embeddings: its GGUF names no pooling (a generative \
+                 model); serve it with --pooling mean, cls or last",
+                request.model
+            ),
+        )
+        .into());
+    }
     let queued = Instant::now();
     let _permit = state
         .models

@@ -37,8 +37,9 @@ pub async fn create(
                     ApiError::invalid_value(
                         "previous_response_id",
                         format!(
-                            "previous_response_id: no stored response '{id}' (responses are kept \
+                            "previous_response_id: no stored response '{}' (responses are kept \
                              in memory, the latest {} at most, and not across restarts)",
+                            shortened(id),
                             crate::response_store::MAX_RESPONSES
                         ),
                     )
@@ -88,8 +89,16 @@ pub async fn delete(
     Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
 }
 
+/// An id as an error message quotes it: a client's 2 MB "id" is not echoed back whole.
+fn shortened(id: &str) -> String {
+    match id.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &id[..at]),
+        None => id.to_owned(),
+    }
+}
+
 fn not_found(id: &str) -> ApiError {
-    let mut error = ApiError::not_found(format!("No response found with id '{id}'."));
+    let mut error = ApiError::not_found(format!("No response found with id '{}'.", shortened(id)));
     error.code = Some("not_found".into());
     error
 }
@@ -107,6 +116,10 @@ fn in_responses_terms(mut error: ApiError) -> ApiError {
             param.replacen(".function", "", 1)
         } else if param == "tool_choice.function.name" {
             "tool_choice.name".to_owned()
+        } else if param == "messages" || param.starts_with("messages[") {
+            // Messages are this API's input items (numbered differently once instructions
+            // lead them).
+            "input".to_owned()
         } else {
             param
         };
@@ -191,13 +204,14 @@ impl Output {
                 status,
             ));
         }
+        // A reply cut short by max_output_tokens may end inside a call's arguments.
         for (call_id, name, arguments) in &self.calls {
             items.push(call_item(
                 &ids::output_item_id("fc"),
                 call_id,
                 name,
                 arguments,
-                "completed",
+                status,
             ));
         }
         items
@@ -454,7 +468,7 @@ impl ResponseStream {
                     "type": "response.function_call_arguments.done",
                     "item_id": id, "output_index": index, "name": name, "arguments": text,
                 })));
-                call_item(&id, &call_id, &name, &text, "completed")
+                call_item(&id, &call_id, &name, &text, status)
             }
         };
         out.push(self.event(json!({
@@ -487,7 +501,7 @@ impl ResponseStream {
                         &item.call_id,
                         &item.name,
                         &item.text,
-                        "completed",
+                        status,
                     ));
                 }
             }
@@ -607,6 +621,8 @@ mod tests {
             ("response_format.json_schema.schema", "text.format.schema"),
             ("tools[2].function.parameters", "tools[2].parameters"),
             ("tool_choice.function.name", "tool_choice.name"),
+            ("messages", "input"),
+            ("messages[3].content", "input"),
             ("temperature", "temperature"),
         ] {
             let e = in_responses_terms(ApiError::invalid_value(chat, "x"));

@@ -139,6 +139,29 @@ pub struct Embeddings {
     pub prompt_tokens: usize,
 }
 
+/// A call the worker has not answered: cancelled there when dropped.
+struct Unanswered<'a> {
+    worker: &'a Worker,
+    id: Option<u64>,
+}
+
+impl Unanswered<'_> {
+    fn answered(mut self) {
+        if let Some(id) = self.id.take() {
+            self.worker.shared.lock_calls().remove(&id);
+        }
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.worker.shared.lock_calls().remove(&id);
+            let _ = self.worker.outbox.send(ToWorker::Cancel { id });
+        }
+    }
+}
+
 fn out_of_turn() -> ApiError {
     ApiError::internal("the worker answered out of turn")
 }
@@ -361,8 +384,16 @@ impl Worker {
             self.shared.lock_calls().remove(&id);
             return Err(lost());
         }
+        // Dropped unanswered (the client went away, or the time ran out): the worker stops
+        // the work (an embedding batch may take minutes) and the call is forgotten.
+        let pending = Unanswered {
+            worker: self,
+            id: Some(id),
+        };
         let answer = tokio::time::timeout(timeout, rx).await;
-        self.shared.lock_calls().remove(&id);
+        if answer.as_ref().is_ok_and(|a| a.is_ok()) {
+            pending.answered();
+        }
         match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(lost()),
