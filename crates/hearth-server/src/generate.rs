@@ -9,7 +9,7 @@ use hearth_api::{ApiError, GenerationParams};
 use hearth_ipc::PromptSpec;
 use tokio::time::Instant;
 
-use crate::admission::{AdmitError, Permit, Priority};
+use crate::admission::{Admission, AdmitError, Permit, Priority};
 use crate::extract::RequestMeta;
 use crate::observe::RequestObserver;
 use crate::state::AppState;
@@ -59,18 +59,7 @@ pub async fn start(
     let per_prompt = prompts.first().map_or(1, |(_, c)| c.len()).max(1);
     let admission = state.models.admission(model)?;
     crate::fit::refuse_what_cannot_fit(state, model, &prompts, &admission).await?;
-    let queued = Instant::now();
-    let permit = admission
-        .admit(meta.priority, sequences)
-        .await
-        .map_err(|e| admit_error(e, meta.priority))?;
-    let queue_time = queued.elapsed();
-    meta.record.fields().queue_time = Some(queue_time);
-    state
-        .metrics
-        .request_queue_time
-        .with_label_values(&[model, meta.priority.as_str()])
-        .observe(queue_time.as_secs_f64());
+    let permit = admit(state, &admission, model, meta, sequences).await?;
 
     let deadline = Instant::now() + state.request_timeout;
     let job = Job {
@@ -163,7 +152,31 @@ async fn launch(job: &Job, deadline: Instant) -> Result<Launched, Launch> {
     Ok((group, prompt_tokens, early))
 }
 
-pub(crate) fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
+/// Wait for `slots` of the model's slots in its queue (by the request's priority), and
+/// record how long that took.
+pub(crate) async fn admit(
+    state: &AppState,
+    admission: &Admission,
+    model: &str,
+    meta: &RequestMeta,
+    slots: usize,
+) -> Result<Permit, ApiError> {
+    let queued = Instant::now();
+    let permit = admission
+        .admit(meta.priority, slots)
+        .await
+        .map_err(|e| admit_error(e, meta.priority))?;
+    let queue_time = queued.elapsed();
+    meta.record.fields().queue_time = Some(queue_time);
+    state
+        .metrics
+        .request_queue_time
+        .with_label_values(&[model, meta.priority.as_str()])
+        .observe(queue_time.as_secs_f64());
+    Ok(permit)
+}
+
+fn admit_error(error: AdmitError, priority: Priority) -> ApiError {
     match error {
         AdmitError::QueueFull { retry_after, which } => ApiError::queue_full(
             format!("The server is busy: {which} for this model is full. Retry later."),

@@ -8,11 +8,10 @@ use axum::Json;
 use hearth_api::embeddings::{f32s_to_base64, EmbeddingRequest};
 use hearth_api::ApiError;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use crate::error::HttpError;
 use crate::extract::{RequestBody, RequestMeta};
-use crate::generate::admit_error;
+use crate::generate::admit;
 use crate::state::AppState;
 
 pub async fn embeddings(
@@ -36,20 +35,8 @@ pub async fn embeddings(
         )
         .into());
     }
-    let queued = Instant::now();
-    let _permit = state
-        .models
-        .admission(&model)?
-        .admit(meta.priority, 1)
-        .await
-        .map_err(|e| admit_error(e, meta.priority))?;
-    let queue_time = queued.elapsed();
-    meta.record.fields().queue_time = Some(queue_time);
-    state
-        .metrics
-        .request_queue_time
-        .with_label_values(&[&model, meta.priority.as_str()])
-        .observe(queue_time.as_secs_f64());
+    let admission = state.models.admission(&model)?;
+    let _permit = admit(&state, &admission, &model, &meta, 1).await?;
     let worker = state.models.worker(&model).await?;
     let embeddings = worker.embed(inputs, state.request_timeout).await?;
     if let Some(first) = embeddings.vectors.first() {
