@@ -156,7 +156,7 @@ async fn launch(job: &Job, deadline: Instant) -> Result<Launched, Launch> {
 /// record how long that took.
 pub(crate) async fn admit(
     state: &AppState,
-    admission: &Admission,
+    admission: &Arc<Admission>,
     model: &str,
     meta: &RequestMeta,
     slots: usize,
