@@ -1092,16 +1092,13 @@ fn http_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     // Unknown paths: 404 in OpenAI shape.
     for path in [
-        "/",
         "/v1",
         "/v1/",
         "/v2/chat/completions",
         "/v1/chat/completions/",
         "/v1/chat",
-        "/v1/embeddings",
         "/v1/audio/speech",
         "/v1/images/generations",
-        "/v1/responses",
         "//v1/chat/completions",
         "/V1/CHAT/COMPLETIONS",
         "/v1/chat/completions%00",
@@ -1110,6 +1107,27 @@ fn http_cases() -> Vec<Case> {
     ] {
         cases.push(raw(&format!("POST {path}"), "POST", path, &body).status(404));
     }
+    // Real endpoints given a chat body: each says what it misses, in OpenAI's shape.
+    cases.push(raw("POST / (the chat page)", "POST", "/", &body).status(405));
+    cases.push(
+        raw(
+            "POST /v1/embeddings a chat body",
+            "POST",
+            "/v1/embeddings",
+            &body,
+        )
+        .status(400),
+    );
+    cases.push(
+        raw(
+            "POST /v1/responses a chat body",
+            "POST",
+            "/v1/responses",
+            &body,
+        )
+        .status(400)
+        .param("input"),
+    );
     let long_path = format!("/v1/{}", "a".repeat(4000));
     cases.push(get("GET a 4000-byte path", &long_path).status(404));
     cases.push(get("GET /nope", "/nope").status(404));
