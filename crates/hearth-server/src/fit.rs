@@ -16,6 +16,20 @@ pub async fn refuse_what_cannot_fit(
     prompts: &Prompts,
     admission: &Admission,
 ) -> Result<(), ApiError> {
+    match check(state, model, prompts, admission).await {
+        // Counting could not be done (the model's file does not load, a worker went away):
+        // the request goes on, and loading the model reports the cause — with its backoff.
+        Err(error) if error.status >= 500 => Ok(()),
+        other => other,
+    }
+}
+
+async fn check(
+    state: &AppState,
+    model: &str,
+    prompts: &Prompts,
+    admission: &Admission,
+) -> Result<(), ApiError> {
     let sequences: usize = prompts.iter().map(|(_, choices)| choices.len()).sum();
     if state.models.loaded_worker(model).is_some() && !admission.would_wait(sequences) {
         return Ok(());

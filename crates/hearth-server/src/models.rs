@@ -101,6 +101,23 @@ enum Lookup {
     Cached(std::path::PathBuf),
 }
 
+/// The error for a model whose last load failed, while it waits before the next try.
+fn backing_off(entry: &ModelEntry) -> Option<ApiError> {
+    let status = entry.status();
+    let (Some(retry_at), ModelState::Failed(cause)) = (status.retry_at, &status.state) else {
+        return None;
+    };
+    let now = Instant::now();
+    (now < retry_at).then(|| {
+        let wait = (retry_at - now).as_secs_f64().ceil() as u64;
+        ApiError::unavailable(format!(
+            "model '{}' failed to load: {cause} (next try in {wait} s)",
+            entry.spec.id
+        ))
+        .with_retry_after(wait)
+    })
+}
+
 fn view_of(entry: &ModelEntry) -> ModelView {
     let status = entry.status();
     ModelView {
@@ -296,19 +313,8 @@ impl ModelManager {
         if slot.take().is_some() {
             self.note_gone(&entry);
         }
-        {
-            let status = entry.status();
-            if let (Some(retry_at), ModelState::Failed(cause)) = (status.retry_at, &status.state) {
-                let now = Instant::now();
-                if now < retry_at {
-                    let wait = (retry_at - now).as_secs_f64().ceil() as u64;
-                    return Err(ApiError::unavailable(format!(
-                        "model '{}' failed to load: {cause} (next try in {wait} s)",
-                        entry.spec.id
-                    ))
-                    .with_retry_after(wait));
-                }
-            }
+        if let Some(error) = backing_off(&entry) {
+            return Err(error);
         }
         let _loading = self.load_lock.lock().await;
         self.make_room(&entry, room_deadline).await?;
@@ -552,6 +558,10 @@ impl ModelManager {
         let entry = self.entry(id)?;
         if let Some(worker) = entry.current_worker() {
             return Ok(worker);
+        }
+        // A model that just failed to load is not tried again sooner for counting.
+        if let Some(error) = backing_off(&entry) {
+            return Err(error);
         }
         let mut vocabularies = self.vocabularies.lock().await;
         vocabularies.retain(|(_, worker)| worker.is_alive());
