@@ -15,10 +15,18 @@ if ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
   missing+=(clang)
 fi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Chromium is for the chat page's browser tests only: a machine that cannot install it
+# still builds and tests everything else (those tests then say they were skipped, and why).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing: chromium (for the chat page's browser tests)" >&2
+  if ! { $SUDO apt-get update -qq &&
+         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+    echo "warning: chromium could not be installed; the browser tests will be skipped" >&2
+  fi
 fi
