@@ -75,8 +75,15 @@ pub struct Embedder {
 impl Embedder {
     /// Create the context (an error if the model cannot pool) and start its thread.
     pub fn start(model: Arc<Model>, config: EmbedConfig) -> Result<Embedder> {
-        if config.pooling == Pooling::Model && model.info().pooling.is_none() {
-            return Err(EngineError::NoPooling);
+        match (config.pooling, model.info().pooling.as_deref()) {
+            (Pooling::Model, None) => return Err(EngineError::NoPooling),
+            // A reranker's pooling gives scores, not vectors.
+            (Pooling::Model, Some("rank")) => {
+                return Err(EngineError::InvalidRequest(
+                    "this model ranks (rank pooling); it makes no embeddings".into(),
+                ))
+            }
+            _ => {}
         }
         let max_tokens = config
             .batch_tokens
@@ -181,19 +188,35 @@ fn run(
     let mut batch = LlamaBatch::new(max_tokens as usize, 1);
     let mut active: VecDeque<Job> = VecDeque::new();
     loop {
-        // Wait for work only when there is none; take every job that has arrived.
+        // Wait for work only when there is none; take every job that has arrived. With
+        // the sender gone (the worker is stopping), what is left is answered, not done.
         if active.is_empty() {
             match inbox.recv() {
                 Ok(job) => active.push_back(job),
                 Err(_) => return,
             }
         }
-        active.extend(inbox.try_iter());
+        loop {
+            match inbox.try_recv() {
+                Ok(job) => active.push_back(job),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    for job in active.drain(..) {
+                        (job.reply)(Err(EngineError::EngineStopped));
+                    }
+                    return;
+                }
+            }
+        }
         let Some(mut job) = active.pop_front() else {
             continue;
         };
         if job.cancelled.load(Ordering::Relaxed) {
             (job.reply)(Err(EngineError::Cancelled));
+            continue;
+        }
+        if job.next >= job.inputs.len() {
+            (job.reply)(Ok(std::mem::take(&mut job.vectors)));
             continue;
         }
         // As many whole inputs as fit in one batch.

@@ -117,6 +117,11 @@ impl<S> HostCache<S> {
         }
     }
 
+    /// Tokens an entry holds (0 if it is gone).
+    pub(crate) fn tokens(&self, id: EntryId) -> usize {
+        self.entries.get(&id).map_or(0, |e| e.tokens.len())
+    }
+
     pub(crate) fn get(&self, id: EntryId) -> Option<&S> {
         self.entries.get(&id).map(|e| &e.snapshot)
     }

@@ -104,6 +104,7 @@ const KEEP_CACHE_TOKENS: usize = 16;
 /// and copies its 23 KB in microseconds; an 8B model on a GPU prefills ~0.2 ms a token and
 /// moves 128 KB over PCIe in ~5 µs. (A flat 16 tokens left a warm burst prefilling 15.)
 const RESTORE_GAIN_RATIO: usize = 32;
+const RESTORE_MIN_GAIN: usize = 4;
 
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
@@ -464,12 +465,30 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                     )
                 })
         };
-        // No adjacent slot without a copy in flight: the run cannot stay packed this step,
-        // so take the best slot of all rather than the lowest, which may be a copy's source
-        // or destination and could then neither be restored into nor keep its cache (a warm
-        // burst lost a conversation's 20 tokens that way and prefilled them again).
+        // The slots next to the run all have a copy in flight: the run cannot stay packed
+        // this step, so take the best slot of all rather than the lowest, which may be a
+        // copy's source or destination and could then neither be restored into nor keep its
+        // cache (a warm burst lost a conversation's 20 tokens that way and prefilled them
+        // again). A run already split takes the lowest free slot, which packs it again.
+        let adjacent_pending = self
+            .free_slots
+            .iter()
+            .any(|&s| adjacent(s) && self.pending[s]);
+        let lowest_ready = self
+            .free_slots
+            .iter()
+            .rev()
+            .copied()
+            .find(|&s| !self.pending[s]);
         best(&adjacent)
-            .or_else(|| best(&|_| true))
+            .or_else(|| {
+                if adjacent_pending {
+                    best(&|_| true)
+                } else {
+                    None
+                }
+            })
+            .or(lowest_ready)
             .unwrap_or(lowest)
     }
 
@@ -583,7 +602,11 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let (entry, covered) = self.host.longest(prompt)?;
         let covered = covered.min(limit);
-        if covered <= in_slots || covered - in_slots < covered / RESTORE_GAIN_RATIO {
+        // The whole entry is copied back (and cut after), so the gain is weighed against
+        // its length, with a floor: a 1-token gain never pays for a copy.
+        let copied = self.host.tokens(entry);
+        let worth = (copied / RESTORE_GAIN_RATIO).max(RESTORE_MIN_GAIN);
+        if covered <= in_slots || covered - in_slots < worth {
             return None;
         }
         // Used now: saving the slot's own cache must not evict it.

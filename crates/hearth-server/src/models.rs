@@ -609,9 +609,12 @@ impl ModelManager {
         counted
     }
 
-    /// The models with a vocabulary-only worker up, least recently used first.
-    pub async fn counting(&self) -> Vec<String> {
-        let vocabularies = self.vocabularies.lock().await;
+    /// The models with a vocabulary-only worker up, least recently used first (empty while
+    /// one is starting: health checks never wait for that).
+    pub fn counting(&self) -> Vec<String> {
+        let Ok(vocabularies) = self.vocabularies.try_lock() else {
+            return Vec::new();
+        };
         vocabularies
             .iter()
             .filter(|(_, w)| w.is_alive())

@@ -175,6 +175,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 }
             }
             ToWorker::Embed { id, inputs } => {
+                // Known from now, so a cancel that comes before the preparing thread gets
+                // to it is not lost.
+                worker.track_embed(id);
                 if jobs.send(Work::Embed { id, inputs }).is_err() {
                     break;
                 }
@@ -349,9 +352,37 @@ impl Worker {
     }
 
     /// `/v1/embeddings`: tokenize here, embed on the embedding thread, which answers.
+    fn track_embed(&self, id: u64) {
+        self.embeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::default());
+    }
+
+    /// The cancel flag of an embedding request, unless it was cancelled before it started.
+    fn embed_flag(&self, id: u64) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let mut embeds = self.embeds.lock().unwrap_or_else(|e| e.into_inner());
+        let flag = embeds.get(&id).cloned().unwrap_or_default();
+        if flag.load(std::sync::atomic::Ordering::Relaxed) {
+            embeds.remove(&id);
+            return None;
+        }
+        Some(flag)
+    }
+
     fn embed(&self, id: u64, inputs: Vec<EmbedInput>) {
+        let Some(cancel) = self.embed_flag(id) else {
+            return; // its caller went away before it started
+        };
+        let fail = |error: ApiError| {
+            self.embeds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            self.fail(id, error);
+        };
         if let Err(error) = self.engine() {
-            return self.fail(id, error);
+            return fail(error);
         }
         let embedder = self.embedder.get_or_init(|| {
             Embedder::start(self.model.clone(), self.embed_config.clone())
@@ -359,7 +390,7 @@ impl Worker {
         });
         let embedder = match embedder {
             Ok(embedder) => embedder,
-            Err(reason) => return self.fail(id, ApiError::invalid_value("model", reason.clone())),
+            Err(reason) => return fail(ApiError::invalid_value("model", reason.clone())),
         };
         let model = &self.model;
         let vocab = model.info().vocab_size;
@@ -377,19 +408,19 @@ impl Worker {
                     "input",
                     format!("input[{i}]: token {bad} is outside the vocabulary (size {vocab})"),
                 );
-                return self.fail(id, error);
+                return fail(error);
             }
             if ids.len() > embedder.max_tokens() {
                 let mut error = ApiError::context_length_exceeded(ids.len(), embedder.max_tokens());
                 error.message = format!("input[{i}]: {}", error.message);
                 error.param = Some("input".into());
-                return self.fail(id, error);
+                return fail(error);
             }
             if ids.is_empty() {
-                return self.fail(
-                    id,
-                    ApiError::invalid_value("input", format!("input[{i}]: no tokens")),
-                );
+                return fail(ApiError::invalid_value(
+                    "input",
+                    format!("input[{i}]: no tokens"),
+                ));
             }
             tokens.push(ids);
         }
@@ -398,12 +429,13 @@ impl Worker {
             let error = ApiError::invalid_value(
                 "input",
                 format!(
-                    "input: {} inputs of {dims} dimensions are more than one request may                      return; send at most {}",
+                    "input: {} inputs of {dims} dimensions are more than one request may \
+                     return; send at most {}",
                     tokens.len(),
                     hearth_api::embeddings::MAX_FLOATS / dims.max(1)
                 ),
             );
-            return self.fail(id, error);
+            return fail(error);
         }
         let prompt_tokens: usize = tokens.iter().map(Vec::len).sum();
         if prompt_tokens > hearth_api::embeddings::MAX_TOKENS {
@@ -414,11 +446,10 @@ impl Worker {
                     hearth_api::embeddings::MAX_TOKENS
                 ),
             );
-            return self.fail(id, error);
+            return fail(error);
         }
         let outbox = self.outbox.clone();
         let embeds = self.embeds.clone();
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         embeds
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -88,7 +88,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         "unresponsive": unresponsive,
         "models": models,
         // Models whose tokens a vocabulary-only worker counts (least recently used first).
-        "counting": state.models.counting().await,
+        "counting": state.models.counting(),
     });
     (status, Json(body)).into_response()
 }
