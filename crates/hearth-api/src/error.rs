@@ -80,6 +80,15 @@ impl ApiError {
         .with_param(Some("max_tokens"))
     }
 
+    /// Text generation asked of an encoder, which only embeds.
+    pub fn embedding_model_only() -> Self {
+        Self::invalid_value(
+            "model",
+            "this is an embedding model (its attention is not causal): it serves \
+             /v1/embeddings, not text generation",
+        )
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,

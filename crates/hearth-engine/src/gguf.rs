@@ -46,6 +46,17 @@ impl GgufSummary {
     }
 }
 
+/// llama.cpp's `llama_pooling_type` names (`{arch}.pooling_type`); `None` for no pooling.
+pub(crate) fn pooling_name(t: u64) -> Option<&'static str> {
+    Some(match t {
+        1 => "mean",
+        2 => "cls",
+        3 => "last",
+        4 => "rank",
+        _ => return None,
+    })
+}
+
 /// llama.cpp's `llama_ftype` names (`general.file_type`).
 fn file_type_name(t: u32) -> Option<&'static str> {
     Some(match t {
@@ -117,13 +128,9 @@ pub fn summary(path: &Path) -> Result<GgufSummary, String> {
         context_length: per_arch("context_length"),
         embedding_length: per_arch("embedding_length"),
         layers: per_arch("block_count"),
-        pooling: per_arch("pooling_type").and_then(|p| match p {
-            1 => Some("mean".to_owned()),
-            2 => Some("cls".to_owned()),
-            3 => Some("last".to_owned()),
-            4 => Some("rank".to_owned()),
-            _ => None,
-        }),
+        pooling: per_arch("pooling_type")
+            .and_then(pooling_name)
+            .map(str::to_owned),
         chat_template: reader.string("tokenizer.chat_template"),
         // SAFETY: ctx is valid until the reader drops.
         tensors: unsafe { llama_cpp_sys_2::gguf_get_n_tensors(ctx) },

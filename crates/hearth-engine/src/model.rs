@@ -238,13 +238,9 @@ fn read_info(llama: &LlamaModel, path: PathBuf) -> ModelInfo {
         pooling: llama
             .meta_val_str(&format!("{architecture}.pooling_type"))
             .ok()
-            .and_then(|v| match v.trim() {
-                "1" => Some("mean".to_owned()),
-                "2" => Some("cls".to_owned()),
-                "3" => Some("last".to_owned()),
-                "4" => Some("rank".to_owned()),
-                _ => None,
-            }),
+            .and_then(|v| v.trim().parse().ok())
+            .and_then(crate::gguf::pooling_name)
+            .map(str::to_owned),
         causal: llama
             .meta_val_str(&format!("{architecture}.attention.causal"))
             .map_or(true, |v| v.trim() != "false"),

@@ -35,11 +35,7 @@ async fn check(
         return Ok(());
     }
     if !state.models.can_generate(model).await? {
-        return Err(ApiError::invalid_value(
-            "model",
-            "this is an embedding model (its attention is not causal): it serves \
-             /v1/embeddings, not text generation",
-        ));
+        return Err(ApiError::embedding_model_only());
     }
     let context = state.models.context_per_slot(model)?;
     for (prompt, choices) in prompts {

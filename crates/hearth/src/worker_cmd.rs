@@ -29,6 +29,8 @@ use hearth_engine::embed::{EmbedConfig, Embedder};
 
 /// Frames to the orchestrator come from two threads (this one and the engine's).
 type Outbox = Arc<Mutex<UnixStream>>;
+/// Set to cancel an embedding job.
+type EmbedFlag = Arc<std::sync::atomic::AtomicBool>;
 
 /// Inputs decoded together by the embedding context (each its own sequence).
 const EMBED_BATCH_INPUTS: u32 = 64;
@@ -292,7 +294,7 @@ struct Worker {
     /// be: a generative model without `--pooling`).
     embedder: std::sync::OnceLock<Result<Embedder, String>>,
     /// Embedding jobs in progress: setting the flag cancels one (its client went away).
-    embeds: Arc<Mutex<HashMap<u64, Arc<std::sync::atomic::AtomicBool>>>>,
+    embeds: Arc<Mutex<HashMap<u64, EmbedFlag>>>,
 }
 
 fn lock(sequences: &Sequences) -> std::sync::MutexGuard<'_, HashMap<u64, SequenceState>> {
@@ -352,16 +354,17 @@ impl Worker {
     }
 
     /// `/v1/embeddings`: tokenize here, embed on the embedding thread, which answers.
+    fn embeds(&self) -> std::sync::MutexGuard<'_, HashMap<u64, EmbedFlag>> {
+        self.embeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn track_embed(&self, id: u64) {
-        self.embeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Arc::default());
+        self.embeds().insert(id, Arc::default());
     }
 
     /// The cancel flag of an embedding request, unless it was cancelled before it started.
-    fn embed_flag(&self, id: u64) -> Option<Arc<std::sync::atomic::AtomicBool>> {
-        let mut embeds = self.embeds.lock().unwrap_or_else(|e| e.into_inner());
+    fn embed_flag(&self, id: u64) -> Option<EmbedFlag> {
+        let mut embeds = self.embeds();
         let flag = embeds.get(&id).cloned().unwrap_or_default();
         if flag.load(std::sync::atomic::Ordering::Relaxed) {
             embeds.remove(&id);
@@ -375,10 +378,7 @@ impl Worker {
             return; // its caller went away before it started
         };
         let fail = |error: ApiError| {
-            self.embeds
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            self.embeds().remove(&id);
             self.fail(id, error);
         };
         if let Err(error) = self.engine() {
@@ -449,11 +449,8 @@ impl Worker {
             return fail(error);
         }
         let outbox = self.outbox.clone();
+        // The flag stays in `embeds` (put there when the request arrived) until the reply.
         let embeds = self.embeds.clone();
-        embeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, cancel.clone());
         embedder.submit(tokens, cancel, move |result| {
             embeds.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             let message = match result {
@@ -554,11 +551,7 @@ impl Worker {
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
         let engine = self.engine()?;
         if !self.model.info().causal {
-            return Err(ApiError::invalid_value(
-                "model",
-                "this is an embedding model (its attention is not causal): it serves \
-                 /v1/embeddings, not text generation",
-            ));
+            return Err(ApiError::embedding_model_only());
         }
         // Just deserialised, the prompt has no other owner: unwrapping it copies nothing.
         let prompt = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
@@ -777,12 +770,7 @@ impl Worker {
     }
 
     fn cancel(&self, id: u64) {
-        if let Some(job) = self
-            .embeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(job) = self.embeds().get(&id) {
             job.store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
