@@ -88,7 +88,8 @@ def test_real_responses_match_the_document(api):
     check(document, "AnthropicError", anthropic_bad.json())
 
 
-def test_schemathesis_finds_no_server_errors_or_schema_violations(api):
+def test_schemathesis_finds_no_server_errors_or_schema_violations(api, tmp_path):
+    # (Run in a scratch directory: schemathesis keeps a cache where it runs.)
     root, _, _ = api
     schemathesis = os.path.join(os.path.dirname(sys.executable), "schemathesis")
     run = subprocess.run(
@@ -96,6 +97,6 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(api):
          "--checks", "not_a_server_error,response_schema_conformance",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "10",
          "--generation-deterministic", "--request-timeout", "120", "--no-color"],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
