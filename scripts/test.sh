@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-tool-model.sh
 ./scripts/python-env.sh
 ./scripts/fetch-embedding-model.sh
+./scripts/fetch-mmproj.sh
 export HEARTH_PYTHON="$PWD/.venv/bin/python"
 
 # Lint first: formatting and clippy findings fail the run before anything slow starts.

@@ -56,6 +56,48 @@ pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// `{"url": …, "detail": …}` (or the URL alone): a `data:` URL, an http(s) URL, or a
+    /// `file://` URL under the server's `--allowed-media-dir`.
+    #[schema(value_type = Option<Object>)]
+    pub image_url: Option<Value>,
+}
+
+/// An image part of a chat request: where it is (for errors) and its URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePart {
+    /// `messages[i].content[j].image_url`.
+    pub param: String,
+    pub url: String,
+}
+
+/// The URL of an image part, checked for shape.
+fn image_url(value: Option<&Value>, param: &str) -> Result<String, ApiError> {
+    let (url, detail) = match value {
+        Some(Value::String(url)) => (Some(url.as_str()), None),
+        Some(Value::Object(object)) => (
+            object.get("url").and_then(Value::as_str),
+            object.get("detail"),
+        ),
+        _ => (None, None),
+    };
+    let Some(url) = url.filter(|u| !u.is_empty()).map(str::to_owned) else {
+        return Err(ApiError::invalid_value(
+            param,
+            "an image_url part needs image_url.url: a data: URL, an http(s) URL or a file:// URL",
+        ));
+    };
+    // Detail tells OpenAI's models how many tiles to read; ours read an image one way.
+    match detail {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => {}
+        Some(_) => {
+            return Err(ApiError::invalid_value(
+                &format!("{param}.detail"),
+                "detail must be one of auto, low, high",
+            ))
+        }
+    }
+    Ok(url)
 }
 
 /// Messages (and content parts) per request.
@@ -153,8 +195,34 @@ impl ChatCompletionRequest {
         Ok(tools)
     }
 
-    /// Messages as the chat template sees them: content flattened to text.
+    /// Messages as the chat template sees them: content flattened to text. Image parts are
+    /// refused (see `template_messages_with_images`).
     pub fn template_messages(&self) -> Result<Vec<Value>, ApiError> {
+        self.render_messages(None).map(|(messages, _)| messages)
+    }
+
+    /// Messages as the chat template sees them, each image part replaced by `marker`, its
+    /// number and `>` (joined to the text parts around it by newlines, as text parts are),
+    /// and the images in order. Images are read in user messages only.
+    pub fn template_messages_with_images(
+        &self,
+        marker: &str,
+    ) -> Result<(Vec<Value>, Vec<ImagePart>), ApiError> {
+        self.render_messages(Some(marker))
+    }
+
+    /// Whether any message holds an image part.
+    pub fn has_images(&self) -> bool {
+        self.messages.iter().any(|m| match &m.content {
+            Some(MessageContent::Parts(parts)) => parts.iter().any(|p| p.kind == "image_url"),
+            _ => false,
+        })
+    }
+
+    fn render_messages(
+        &self,
+        marker: Option<&str>,
+    ) -> Result<(Vec<Value>, Vec<ImagePart>), ApiError> {
         // Rendering a template costs more than linear time in the number of messages (20k
         // took 5 s, 100k minutes, in the worker, whatever the prompt's length in tokens):
         // bound them, and their parts, well above any conversation a context can hold.
@@ -183,7 +251,8 @@ impl ChatCompletionRequest {
         }
         // (call id, function name) of the calls seen so far, for tool messages.
         let mut call_names: Vec<(String, String)> = Vec::new();
-        self.messages
+        let mut images = Vec::new();
+        let messages = self.messages
             .iter()
             .enumerate()
             .map(|(i, m)| {
@@ -197,10 +266,28 @@ impl ChatCompletionRequest {
                     None => String::new(),
                     Some(MessageContent::Text(t)) => t.clone(),
                     Some(MessageContent::Parts(parts)) => {
-                        let mut texts = Vec::new();
+                        let mut texts: Vec<std::borrow::Cow<'_, str>> = Vec::new();
                         for (j, part) in parts.iter().enumerate() {
                             match (part.kind.as_str(), &part.text) {
-                                ("text", Some(text)) => texts.push(text.as_str()),
+                                ("text", Some(text)) => texts.push(text.into()),
+                                ("image_url", _) => {
+                                    let param = format!("messages[{i}].content[{j}].image_url");
+                                    let Some(marker) = marker else {
+                                        return Err(ApiError::invalid_value(
+                                            &format!("messages[{i}].content[{j}].type"),
+                                            "image parts are not supported by this endpoint",
+                                        ));
+                                    };
+                                    if m.role != "user" {
+                                        return Err(ApiError::invalid_value(
+                                            &format!("messages[{i}].content[{j}].type"),
+                                            "images are read in user messages only",
+                                        ));
+                                    }
+                                    let url = image_url(part.image_url.as_ref(), &param)?;
+                                    texts.push(format!("{marker}{}>", images.len()).into());
+                                    images.push(ImagePart { param, url });
+                                }
                                 ("text", None) => {
                                     return Err(ApiError::invalid_value(
                                         &format!("messages[{i}].content[{j}].text"),
@@ -291,7 +378,8 @@ impl ChatCompletionRequest {
                 }
                 Ok(message)
             })
-            .collect()
+            .collect::<Result<Vec<Value>, ApiError>>()?;
+        Ok((messages, images))
     }
 }
 

@@ -80,6 +80,18 @@ impl ApiError {
         .with_param(Some("max_tokens"))
     }
 
+    /// Image parts sent to a model without a vision projector.
+    pub fn model_not_multimodal() -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("model_not_multimodal"),
+            "this model reads no images: it was not served with a vision projector (--mmproj, \
+             an mmproj*.gguf beside the model file, or `mmproj` in its config entry)",
+        )
+        .with_param(Some("messages"))
+    }
+
     /// Text generation asked of an encoder, which only embeds.
     pub fn embedding_model_only() -> Self {
         Self::invalid_value(

@@ -19,4 +19,8 @@ pub struct ModelCard {
     /// hearth extension: why the last load failed, while `state` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// hearth extension: what the model takes in: `text`, and `vision` when it was served
+    /// with a vision projector (chat messages may then hold images).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }

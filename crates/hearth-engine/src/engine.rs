@@ -19,6 +19,7 @@ use crate::request::{Event, GenerationRequest, RequestId};
 use crate::scheduler::{Command, Scheduler, Submission};
 use crate::stop::MAX_STOP_STRINGS;
 use crate::structured::Constraint;
+use crate::vision::Projector;
 
 /// Receives a request's events on the engine thread. Returning `false` means nobody is
 /// listening any more: the engine cancels the request and frees its slot.
@@ -49,6 +50,8 @@ pub struct EngineConfig {
     pub preemption: bool,
     /// Flash attention (see `FlashAttention`).
     pub flash_attention: FlashAttention,
+    /// The model's vision projector: prompts may hold images.
+    pub projector: Option<Arc<Projector>>,
 }
 
 /// Whether llama.cpp computes attention with its fused flash-attention kernels.
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
             prompt_cache_ram: 0,
             preemption: true,
             flash_attention: FlashAttention::Auto,
+            projector: None,
         }
     }
 }
@@ -209,7 +213,13 @@ impl Engine {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
         let vocab = self.model.info().vocab_size;
-        if let Some(bad) = request.prompt.iter().find(|&&t| t >= vocab) {
+        self.validate_media(request)?;
+        let mut text = request
+            .prompt
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !request.media.iter().any(|m| m.start <= i && i < m.end()));
+        if let Some((_, bad)) = text.find(|&(_, &t)| t >= vocab) {
             return Err(EngineError::InvalidRequest(format!(
                 "prompt token {bad} is outside the vocabulary (size {vocab})"
             )));
@@ -246,6 +256,32 @@ impl Engine {
             .sampling
             .validate(vocab)
             .map_err(EngineError::InvalidRequest)
+    }
+
+    /// Images lie in order inside the prompt, each over as many cells as it takes, and text
+    /// follows the last (its last token's logits start the reply).
+    fn validate_media(&self, request: &GenerationRequest) -> Result<()> {
+        if request.media.is_empty() {
+            return Ok(());
+        }
+        if self.config.projector.is_none() {
+            return Err(EngineError::InvalidRequest(
+                "this model has no vision projector".into(),
+            ));
+        }
+        let mut after = 0;
+        for media in &request.media {
+            let fits = media.start >= after
+                && media.end() < request.prompt.len()
+                && media.image.as_ref().is_some_and(|i| i.tokens == media.len);
+            if !fits {
+                return Err(EngineError::InvalidRequest(
+                    "images must lie in order inside the prompt, with text after the last".into(),
+                ));
+            }
+            after = media.end();
+        }
+        Ok(())
     }
 
     /// Validate a request and compile its output grammar, without submitting it: everything
@@ -371,6 +407,10 @@ fn run_engine_thread(
         }
     };
     let _ = ready.send(Ok(()));
-    let backend = LlamaBackend::new(context, config.batch_size as usize);
+    let backend = LlamaBackend::new(
+        context,
+        config.batch_size as usize,
+        config.projector.clone(),
+    );
     Scheduler::new(&*model, backend, &config, stats).run(inbox);
 }

@@ -12,6 +12,11 @@ pub enum EngineError {
     NotGguf { path: PathBuf, reason: String },
     #[error("llama.cpp could not load {0} (truncated or corrupt GGUF, unsupported architecture, or out of memory)")]
     LoadFailed(PathBuf),
+    #[error("cannot load the vision projector {path}: {reason}")]
+    ProjectorFailed { path: PathBuf, reason: String },
+    /// An image that cannot be decoded or read by the projector (a 400 for its request).
+    #[error("the image cannot be read: {0}")]
+    BadImage(String),
     #[error("could not create an inference context: {0}")]
     ContextFailed(String),
     #[error("the model has no chat template; use a raw completion or supply a template")]

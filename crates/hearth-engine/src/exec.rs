@@ -9,6 +9,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 
 use crate::model::Model;
+use crate::vision::{Projector, PromptMedia};
 
 /// One token of a decode batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,14 @@ pub struct BatchEntry {
 pub trait Backend {
     /// Decode a batch: each entry's KV is written to its slot at its position.
     fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), String>;
+    /// Evaluate an image into `slot` at `media.start` (its own pass; no logits). `tokens`
+    /// are its placeholders, what the slot's cache will say it holds.
+    fn decode_media(
+        &mut self,
+        slot: usize,
+        media: &PromptMedia,
+        tokens: &[u32],
+    ) -> Result<(), String>;
     /// The logits of the `index`-th entry of the last batch (one with `logits` set).
     fn logits(&self, index: usize) -> &[f32];
     /// Drop a slot's KV from position `from` on (`0`: all of it).
@@ -70,14 +79,21 @@ pub struct LlamaBackend<'m> {
     batch: LlamaBatch<'static>,
     /// Batch index → llama.cpp's logits index (they are the same: entries go in in order).
     capacity: usize,
+    /// The model's vision projector, if it has one.
+    projector: Option<std::sync::Arc<Projector>>,
 }
 
 impl<'m> LlamaBackend<'m> {
-    pub fn new(context: LlamaContext<'m>, batch_size: usize) -> LlamaBackend<'m> {
+    pub fn new(
+        context: LlamaContext<'m>,
+        batch_size: usize,
+        projector: Option<std::sync::Arc<Projector>>,
+    ) -> LlamaBackend<'m> {
         LlamaBackend {
             context,
             batch: LlamaBatch::new(batch_size, 1),
             capacity: batch_size,
+            projector,
         }
     }
 }
@@ -105,6 +121,13 @@ impl Backend for LlamaBackend<'_> {
         self.context
             .decode(&mut self.batch)
             .map_err(|e| e.to_string())
+    }
+
+    fn decode_media(&mut self, slot: usize, media: &PromptMedia, _: &[u32]) -> Result<(), String> {
+        let (Some(projector), Some(image)) = (&self.projector, &media.image) else {
+            return Err("this model has no vision projector".into());
+        };
+        projector.eval(image, &mut self.context, media.start, slot, self.capacity)
     }
 
     fn logits(&self, index: usize) -> &[f32] {
@@ -174,6 +197,8 @@ pub mod mock {
         pub restores: usize,
         /// Whole-sequence copies.
         pub copies: usize,
+        /// Images evaluated.
+        pub media_decoded: usize,
     }
 
     impl ScriptedBackend {
@@ -208,6 +233,10 @@ pub mod mock {
             }
             self.logits.clear();
             for entry in batch {
+                // An image's placeholders must never be decoded as text.
+                if entry.token as usize >= self.vocab {
+                    return Err(format!("token {} is outside the vocabulary", entry.token));
+                }
                 let kv = &mut self.kv[entry.slot];
                 if entry.position != kv.len() {
                     return Err(format!(
@@ -225,6 +254,28 @@ pub mod mock {
                 self.logits.push(logits);
             }
             self.decoded.push(batch.to_vec());
+            Ok(())
+        }
+
+        fn decode_media(
+            &mut self,
+            slot: usize,
+            media: &PromptMedia,
+            tokens: &[u32],
+        ) -> Result<(), String> {
+            if std::mem::take(&mut self.fail_next) {
+                return Err("scripted failure".into());
+            }
+            let kv = &mut self.kv[slot];
+            if media.start != kv.len() || tokens.len() != media.len {
+                return Err(format!(
+                    "slot {slot} holds {} tokens; an image at {} leaves a hole or overwrites",
+                    kv.len(),
+                    media.start
+                ));
+            }
+            kv.extend_from_slice(tokens);
+            self.media_decoded += 1;
             Ok(())
         }
 

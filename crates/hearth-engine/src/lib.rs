@@ -20,6 +20,7 @@ pub mod stop;
 mod structured;
 mod template;
 pub mod tools;
+pub mod vision;
 
 pub use engine::{
     default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, PreparedRequest,
@@ -35,6 +36,7 @@ pub use structured::{
     Constraint, GrammarCompiler, LazyGrammar, OutputFormat, GRAMMAR_CACHE_CAPACITY,
 };
 pub use template::{ChatTemplate, TemplateInput};
+pub use vision::{ImageLimits, Projector, PromptImage, PromptMedia};
 
 /// The chat template stored in a model, ready to render.
 pub fn model_chat_template(model: &Model) -> Result<ChatTemplate> {

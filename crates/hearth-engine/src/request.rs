@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::structured::OutputFormat;
+use crate::vision::PromptMedia;
 
 /// Identifies a submitted request for cancellation.
 pub type RequestId = u64;
@@ -12,8 +13,12 @@ pub type RequestId = u64;
 /// One sequence to generate.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GenerationRequest {
-    /// Prompt tokens (see `Model::tokenize` and `ChatTemplate`).
+    /// Prompt tokens (see `Model::tokenize` and `ChatTemplate`); an image's cells hold
+    /// placeholder tokens (`vision::placeholders`).
     pub prompt: Vec<u32>,
+    /// The prompt's images, in order, each over its placeholders.
+    #[serde(skip)]
+    pub media: Vec<PromptMedia>,
     pub sampling: SamplingParams,
     /// `None` generates until an end-of-turn token or the end of the context.
     pub max_tokens: Option<usize>,

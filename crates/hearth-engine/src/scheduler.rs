@@ -21,6 +21,7 @@ use crate::request::{
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::structured::Constraint;
+use crate::vision::{media_floor, PromptMedia};
 
 pub(crate) enum Command {
     Submit(Box<Submission>),
@@ -41,6 +42,8 @@ struct Sequence {
     priority: Priority,
     slot: usize,
     prompt: Vec<u32>,
+    /// The prompt's images (over placeholder tokens), in order.
+    media: Vec<PromptMedia>,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// Prompt tokens that were in the cache before this sequence started (not prefilled).
@@ -295,7 +298,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 constraint,
                 sink,
             } = submission;
-            let cached = self.reuse_cache(slot, &request.prompt);
+            let cached = self.reuse_cache(slot, &request.prompt, &request.media);
             tracing::debug!(
                 id,
                 slot,
@@ -312,6 +315,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 priority: request.priority,
                 slot,
                 prompt: request.prompt,
+                media: request.media,
                 prefilled: cached,
                 cached,
                 history: Vec::new(),
@@ -514,7 +518,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// when it lives elsewhere (the new sequence keeps the lowest free slot: see `step`).
     /// At least the last prompt token is decoded again, for fresh logits. Returns the
     /// number of prompt tokens reused.
-    fn reuse_cache(&mut self, slot: usize, prompt: &[u32]) -> usize {
+    fn reuse_cache(&mut self, slot: usize, prompt: &[u32], media: &[PromptMedia]) -> usize {
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let mut best = (0, slot);
         if self.prompt_cache {
@@ -533,7 +537,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             }
         }
         let (reused, source) = best;
-        if let Some(restored) = self.restore_from_host(slot, prompt, reused) {
+        // An image is in the KV whole or not at all.
+        let reused = media_floor(media, reused);
+        if let Some(restored) = self.restore_from_host(slot, prompt, media, reused) {
             return restored;
         }
         // Most of the slot's own cache is not what this request needs: keep it in an empty
@@ -595,13 +601,19 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// When host memory holds a longer prefix of `prompt` than any slot (by enough to be
     /// worth a restore), put it into `slot` — keeping the slot's own cache in host memory
     /// first — and return how many prompt tokens it covers.
-    fn restore_from_host(&mut self, slot: usize, prompt: &[u32], in_slots: usize) -> Option<usize> {
+    fn restore_from_host(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        media: &[PromptMedia],
+        in_slots: usize,
+    ) -> Option<usize> {
         if !self.host.enabled() || self.pending[slot] {
             return None;
         }
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let (entry, covered) = self.host.longest(prompt)?;
-        let covered = covered.min(limit);
+        let covered = media_floor(media, covered.min(limit));
         // The whole entry is copied back (and cut after), so the gain is weighed against
         // its length, with a floor: a 1-token gain never pays for a copy.
         let copied = self.host.tokens(entry);
@@ -633,7 +645,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         Some(covered)
     }
 
-    /// One decode: a token for every running sequence, then prompt chunks up to the batch size.
+    /// One decode: a token for every running sequence, then prompt chunks up to the batch
+    /// size — after at most one image, whose encode and decode are passes of their own.
     fn step(&mut self) {
         // With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
         // one ubatch (`split_equal(sequential)`): a batch in any other order is decoded as
@@ -641,6 +654,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // the lowest free slot reused first) keeps a step to one pass; it measured 1.8x at 8
         // sequences once slots had been recycled.
         self.running.sort_unstable_by_key(|seq| seq.slot);
+        self.decode_one_image();
         self.batch.clear();
         let mut budget = self.batch_size;
         for seq in &mut self.running {
@@ -663,7 +677,13 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             if budget == 0 {
                 break;
             }
-            let remaining = seq.prompt.len() - seq.prefilled;
+            // Text up to the next image, which a later step evaluates.
+            let text_end = seq
+                .media
+                .iter()
+                .find(|m| m.start >= seq.prefilled)
+                .map_or(seq.prompt.len(), |m| m.start);
+            let remaining = text_end - seq.prefilled;
             if remaining == 0 || seq.logits_at.is_some() {
                 continue;
             }
@@ -706,6 +726,48 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.sample_all();
+    }
+
+    /// Evaluate the image the first sequence (in slot order) has reached in its prefill.
+    /// One per step: every stream waits for it, so no longer than one image's encode. A
+    /// failed image ends its sequence alone (its cells past the image's start are dropped).
+    fn decode_one_image(&mut self) {
+        let Some(at) = self.running.iter().position(|seq| {
+            seq.pending_token.is_none() && seq.media.iter().any(|m| m.start == seq.prefilled)
+        }) else {
+            return;
+        };
+        let seq = &mut self.running[at];
+        let media = seq
+            .media
+            .iter()
+            .find(|m| m.start == seq.prefilled)
+            .expect("found above")
+            .clone();
+        let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
+        let started = std::time::Instant::now();
+        let decoded =
+            self.backend
+                .decode_media(seq.slot, &media, &seq.prompt[media.start..media.end()]);
+        drop(turn);
+        tracing::debug!(
+            id = seq.id,
+            tokens = media.len,
+            image_us = started.elapsed().as_micros() as u64,
+            "image"
+        );
+        match decoded {
+            Ok(()) => {
+                seq.prefilled = media.end();
+                seq.position = seq.prefilled;
+            }
+            Err(e) => {
+                report(seq, &format!("evaluating an image failed: {e}"));
+                let seq = self.running.remove(at);
+                self.backend.remove(seq.slot, seq.prefilled);
+                self.release(seq, true);
+            }
+        }
     }
 
     fn sample_all(&mut self) {
@@ -983,6 +1045,7 @@ mod tests {
                 prompt_cache_ram: host_bytes,
                 preemption: true,
                 flash_attention: Default::default(),
+                projector: None,
             };
             let backend = ScriptedBackend::new(parallel, VOCAB);
             Harness {
@@ -998,6 +1061,16 @@ mod tests {
         fn submit_with(
             &mut self,
             prompt: &[u32],
+            max_tokens: usize,
+            priority: Priority,
+        ) -> (RequestId, Shared) {
+            self.submit_media(prompt, Vec::new(), max_tokens, priority)
+        }
+
+        fn submit_media(
+            &mut self,
+            prompt: &[u32],
+            media: Vec<PromptMedia>,
             max_tokens: usize,
             priority: Priority,
         ) -> (RequestId, Shared) {
@@ -1018,6 +1091,7 @@ mod tests {
                 id,
                 request: GenerationRequest {
                     prompt: prompt.to_vec(),
+                    media,
                     sampling: SamplingParams::greedy(),
                     max_tokens: Some(max_tokens),
                     stop: vec![],
@@ -1469,5 +1543,117 @@ mod tests {
         assert_eq!(cached, 80 + 7);
         assert_eq!(out, cold(&conversation, 8));
         assert!(h.scheduler.host.len() >= 50);
+    }
+
+    /// `before` text tokens, an image of `len` placeholders named by `hash`, `after` text.
+    fn image_prompt(
+        seed: u32,
+        before: usize,
+        hash: u64,
+        len: usize,
+        after: usize,
+    ) -> (Vec<u32>, Vec<PromptMedia>) {
+        let mut tokens = prompt(seed, before);
+        tokens.extend(crate::vision::placeholders(hash, len));
+        tokens.extend(prompt(seed + 1, after));
+        let media = vec![PromptMedia {
+            start: before,
+            len,
+            image: None,
+        }];
+        (tokens, media)
+    }
+
+    fn generate_media(
+        h: &mut Harness,
+        (tokens, media): &(Vec<u32>, Vec<PromptMedia>),
+        max: usize,
+    ) -> (Vec<u32>, usize) {
+        let (_, run) = h.submit_media(tokens, media.clone(), max, Priority::Normal);
+        h.run_until_idle();
+        let run = run.lock().unwrap();
+        assert_eq!(run.error, None);
+        (
+            run.tokens.clone(),
+            run.usage.expect("finished").cached_tokens,
+        )
+    }
+
+    #[test]
+    fn an_image_is_evaluated_whole_in_its_own_pass_beside_running_streams() {
+        let image = image_prompt(1, 5, 7, 12, 6);
+        let text = prompt(40, 30);
+        let (solo_image, _) = generate_media(&mut Harness::new(2, false), &image, 20);
+        let solo_text = cold(&text, 20);
+        let mut h = Harness::new(2, false);
+        let (_, t) = h.submit(&text, 20);
+        h.step();
+        let (_, i) = h.submit_media(&image.0, image.1.clone(), 20, Priority::Normal);
+        h.run_until_idle();
+        assert_eq!(h.scheduler.backend.media_decoded, 1);
+        assert_eq!(i.lock().unwrap().tokens, solo_image);
+        assert_eq!(i.lock().unwrap().usage.unwrap().prompt_tokens, 23);
+        assert_eq!(t.lock().unwrap().tokens, solo_text);
+    }
+
+    #[test]
+    fn a_repeated_image_comes_from_the_cache_and_another_image_does_not() {
+        let mut h = Harness::new(1, true);
+        let first = image_prompt(1, 5, 7, 12, 6);
+        let (cold_reply, _) = generate_media(&mut h, &first, 10);
+        let (again, cached) = generate_media(&mut h, &first, 10);
+        assert_eq!(again, cold_reply);
+        assert_eq!(cached, first.0.len() - REDECODE_TOKENS);
+        assert_eq!(h.scheduler.backend.media_decoded, 1);
+        // Same text, another image: only the text before it is reused.
+        let other = image_prompt(1, 5, 8, 12, 6);
+        let (_, cached) = generate_media(&mut h, &other, 10);
+        assert_eq!(cached, 5);
+        assert_eq!(h.scheduler.backend.media_decoded, 2);
+    }
+
+    #[test]
+    fn a_cached_prefix_ending_inside_an_image_starts_again_at_the_image() {
+        let mut h = Harness::new(1, true);
+        let first = image_prompt(1, 5, 7, 12, 6);
+        generate_media(&mut h, &first, 4);
+        // A prompt that agrees with the cache for 3 cells into its image (a different image
+        // sharing them): the image must be evaluated whole, never its tail as text.
+        let mut tokens = first.0.clone();
+        for t in &mut tokens[8..17] {
+            *t ^= 1;
+        }
+        let second = (tokens, first.1.clone());
+        let (reply, cached) = generate_media(&mut h, &second, 4);
+        assert_eq!(cached, 5);
+        assert_eq!(h.scheduler.backend.media_decoded, 2);
+        let (alone, _) = generate_media(&mut Harness::new(1, false), &second, 4);
+        assert_eq!(reply, alone);
+    }
+
+    #[test]
+    fn a_failed_image_ends_its_sequence_alone() {
+        let mut h = Harness::new(2, true);
+        let text = prompt(40, 8);
+        let (_, t) = h.submit(&text, 12);
+        h.step();
+        let image = image_prompt(1, 5, 7, 12, 6);
+        let (_, i) = h.submit_media(&image.0, image.1.clone(), 12, Priority::Normal);
+        // The image's text before it goes in one step; the image is evaluated (and fails)
+        // at the start of the next.
+        h.step();
+        h.scheduler.backend.fail_next = true;
+        h.run_until_idle();
+        assert!(i
+            .lock()
+            .unwrap()
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("image"));
+        assert_eq!(t.lock().unwrap().tokens, cold(&text, 12));
+        // The slot's cache holds the text before the image, and serves it again.
+        let (_, cached) = generate_media(&mut h, &image, 4);
+        assert!(cached >= 5, "{cached}");
     }
 }

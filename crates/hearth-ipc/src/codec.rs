@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Larger frames are refused: no message of ours comes near this.
-pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Larger frames are refused: no message of ours comes near this (the largest: five 10 MiB
+/// images inline as base64, where shared memory is unavailable, ~67 MB).
+pub const MAX_FRAME_BYTES: usize = 80 << 20;
 
 const HEADER_BYTES: usize = 16;
 
@@ -55,7 +56,8 @@ pub enum Incoming<T> {
     },
 }
 
-fn encode<T: Serialize + Framed>(message: &T) -> io::Result<Vec<u8>> {
+/// A message as one frame's bytes.
+pub fn encode_frame<T: Serialize + Framed>(message: &T) -> io::Result<Vec<u8>> {
     let mut frame = vec![0u8; HEADER_BYTES];
     serde_json::to_writer(&mut frame, message).map_err(io::Error::other)?;
     let len = frame.len() - HEADER_BYTES;
@@ -97,7 +99,7 @@ fn too_large<T>(ids: FrameIds, len: usize) -> Incoming<T> {
 }
 
 pub fn write_frame<W: Write, T: Serialize + Framed>(writer: &mut W, message: &T) -> io::Result<()> {
-    writer.write_all(&encode(message)?)?;
+    writer.write_all(&encode_frame(message)?)?;
     writer.flush()
 }
 
@@ -126,7 +128,7 @@ pub async fn write_frame_async<W: AsyncWrite + Unpin, T: Serialize + Framed>(
     writer: &mut W,
     message: &T,
 ) -> io::Result<()> {
-    writer.write_all(&encode(message)?).await?;
+    writer.write_all(&encode_frame(message)?).await?;
     writer.flush().await
 }
 

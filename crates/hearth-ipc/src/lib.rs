@@ -2,10 +2,14 @@
 //! Unix socket. Many requests share one connection, told apart by id.
 
 mod codec;
+pub mod media;
 mod messages;
 
 pub use codec::{
-    read_frame, read_frame_async, write_frame, write_frame_async, FrameIds, Framed, Incoming,
-    MAX_FRAME_BYTES,
+    encode_frame, read_frame, read_frame_async, write_frame, write_frame_async, FrameIds, Framed,
+    Incoming, MAX_FRAME_BYTES,
 };
-pub use messages::{FromWorker, PromptSpec, ToWorker, WorkerReady, WorkerStatus};
+pub use media::MediaBytes;
+pub use messages::{
+    image_marker_text, FromWorker, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
+};

@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::codec::{FrameIds, Framed};
+use crate::media::MediaBytes;
 
 /// What to generate from: the worker owns the tokenizer and chat template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,13 @@ pub enum PromptSpec {
         /// How calls are made and reported, when tools were given.
         #[serde(default)]
         tool_use: Option<ToolUse>,
+        /// The images the messages' markers stand for, in order (see `image_marker`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<MediaBytes>,
+        /// The text standing for the `k`-th image in the messages is this followed by `k`
+        /// and `>`: chosen at random per request, so no text a client writes can pose as one.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        image_marker: String,
     },
     Text(String),
     Tokens(Vec<u32>),
@@ -84,6 +92,9 @@ pub struct WorkerReady {
     /// False for encoders (BERT), which embed and do not generate.
     #[serde(default = "causal_default")]
     pub causal: bool,
+    /// A vision projector is loaded: chat prompts may hold images.
+    #[serde(default)]
+    pub vision: bool,
 }
 
 fn causal_default() -> bool {
@@ -187,6 +198,31 @@ pub enum FromWorker {
     Fatal {
         message: String,
     },
+}
+
+impl PromptSpec {
+    /// The images a prompt carries.
+    pub fn images(&self) -> &[MediaBytes] {
+        match self {
+            PromptSpec::Chat { images, .. } => images,
+            _ => &[],
+        }
+    }
+}
+
+/// The text standing for image `k` in a chat prompt's messages.
+pub fn image_marker_text(marker: &str, k: usize) -> String {
+    format!("{marker}{k}>")
+}
+
+impl ToWorker {
+    /// Descriptors that travel with this message (its images' shared memory).
+    pub fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            ToWorker::Generate { prompt, .. } => crate::media::media_fds(prompt.images()),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Framed for ToWorker {

@@ -160,6 +160,8 @@ fn prompt() -> impl Strategy<Value = PromptSpec> {
                 messages,
                 tools,
                 tool_use: None,
+                images: Vec::new(),
+                image_marker: String::new(),
             }),
         text().prop_map(PromptSpec::Text),
         prop::collection::vec(any::<u32>(), 0..64).prop_map(PromptSpec::Tokens),
@@ -288,6 +290,7 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
                         size_bytes,
                         pooling: (slots % 2 == 0).then(|| "mean".to_owned()),
                         causal: size_bytes % 2 == 0,
+                        vision: slots % 3 == 0,
                     })
                 }
             ),

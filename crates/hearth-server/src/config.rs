@@ -17,6 +17,36 @@ pub struct ModelSpec {
     /// Unload after this long without requests (zero: never); the server-wide default when
     /// not set.
     pub idle_timeout: Option<Duration>,
+    /// The model's vision projector (mmproj GGUF): chat requests may then hold images.
+    pub mmproj: Option<PathBuf>,
+}
+
+/// The projector beside a model file, laid out as a vision model's repository is: the
+/// model the only other GGUF in its directory, beside exactly one `mmproj*.gguf`. (In a
+/// directory of several models, which one a projector belongs to cannot be told, and a
+/// wrong one would fail the model's load.)
+pub fn mmproj_beside(model: &std::path::Path) -> Option<PathBuf> {
+    let dir = model
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let (mut projectors, mut models) = (Vec::new(), 0);
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        if !name.ends_with(".gguf") || !path.is_file() {
+            continue;
+        }
+        if name.starts_with("mmproj") {
+            projectors.push(path);
+        } else {
+            models += 1;
+        }
+    }
+    (models == 1 && projectors.len() == 1).then(|| projectors.remove(0))
 }
 
 /// Model ids travel in URLs, process names and file names: keep them plain. A Hugging Face
@@ -51,6 +81,8 @@ pub struct WorkerSettings {
     pub ctx_size: u32,
     pub threads: Option<usize>,
     pub gpu_layers: u32,
+    /// Largest image side a worker decodes (the orchestrator checks headers against it too).
+    pub max_image_side: u32,
     pub grammar_cache_size: usize,
     pub kv_unified: bool,
     /// Workers keep no prompt cache.
@@ -101,6 +133,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub lifecycle: LifecycleConfig,
     pub http: HttpConfig,
+    /// How chat requests' images are loaded (limits, sources) and handed to workers.
+    pub media: crate::prompt_images::MediaConfig,
 }
 
 /// How long clients may take, and how many may be connected: what keeps slow or idle

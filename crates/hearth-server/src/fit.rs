@@ -39,6 +39,10 @@ async fn check(
     }
     let context = state.models.context_per_slot(model)?;
     for (prompt, choices) in prompts {
+        // An image's tokens are known only to the model's projector: the worker checks.
+        if !prompt.images().is_empty() {
+            continue;
+        }
         // Text prompts with the model's BOS, as a completion reads them.
         let (tokens, _) = state
             .models

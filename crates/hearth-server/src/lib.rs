@@ -13,11 +13,13 @@ mod guard;
 mod http;
 pub mod hub;
 mod ids;
+pub mod media;
 mod memory;
 mod metrics;
 mod models;
 mod observe;
 mod openapi;
+mod prompt_images;
 pub mod registry;
 mod response_store;
 mod routes;
@@ -31,4 +33,5 @@ pub use config::{
     AccessConfig, HttpConfig, LifecycleConfig, ModelSpec, RateLimit, ServerConfig, WorkerSettings,
 };
 pub use memory::{tier_defaults, total_ram_bytes};
+pub use prompt_images::MediaConfig;
 pub use server::serve;

@@ -53,6 +53,8 @@ pub struct ModelView {
     /// Why the worker last went away, when it was not asked to.
     pub last_restart: Option<String>,
     pub footprint: Footprint,
+    /// It has a vision projector.
+    pub vision: bool,
 }
 
 struct Status {
@@ -125,6 +127,7 @@ fn view_of(entry: &ModelEntry) -> ModelView {
         state: status.state.clone(),
         last_restart: status.last_restart.clone(),
         footprint: status.footprint,
+        vision: entry.spec.mmproj.is_some(),
     }
 }
 
@@ -287,6 +290,7 @@ impl ModelManager {
                 state: ModelState::Unloaded,
                 last_restart: None,
                 footprint: Footprint::default(),
+                vision: false,
             }),
         }
     }
@@ -636,6 +640,11 @@ impl ModelManager {
     }
 
     /// Context tokens per sequence of a model's worker.
+    /// Whether a model reads images (it has a vision projector).
+    pub fn has_vision(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self.entry(id)?.spec.mmproj.is_some())
+    }
+
     pub fn context_per_slot(&self, id: &str) -> Result<usize, ApiError> {
         Ok(self.entry(id)?.settings.ctx_size as usize)
     }

@@ -47,6 +47,7 @@ pub async fn serve(
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.http.body_timeout,
         responses: Arc::default(),
+        media: Arc::new(config.media.clone()),
     };
     if config.preload {
         for spec in &config.models {

@@ -16,4 +16,6 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The Responses API's stored responses (`previous_response_id`).
     pub responses: Arc<crate::response_store::ResponseStore>,
+    /// How chat requests' images are loaded and handed to workers.
+    pub media: Arc<crate::prompt_images::MediaConfig>,
 }

@@ -59,8 +59,13 @@ pub struct ServeArgs {
     /// repeatable. The first is also `default`. [default: the default model]
     #[arg(long, short, env = "HEARTH_MODELS", value_delimiter = ',')]
     pub model: Vec<String>,
+    /// A vision projector (mmproj GGUF) for the first model, or `NAME=PATH` for the model
+    /// named; repeatable. Without one, an `mmproj*.gguf` beside a model that is the only
+    /// other GGUF in its directory is used.
+    #[arg(long, env = "HEARTH_MMPROJ", value_delimiter = ',')]
+    pub mmproj: Vec<String>,
     /// A TOML file naming models and their settings (`[[models]]` with id, path or hub,
-    /// ctx_size, parallel, idle_timeout).
+    /// ctx_size, parallel, idle_timeout, mmproj).
     #[arg(long, env = "HEARTH_CONFIG")]
     pub config: Option<PathBuf>,
     /// Sequences each worker decodes together.
@@ -122,6 +127,44 @@ pub struct ServeArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub media: MediaArgs,
+}
+
+/// Images in chat requests (models served with a vision projector).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Images")]
+pub struct MediaArgs {
+    /// Read `file://` image URLs from under this directory (off by default: local files
+    /// are refused).
+    #[arg(long, env = "HEARTH_ALLOWED_MEDIA_DIR")]
+    pub allowed_media_dir: Option<PathBuf>,
+    /// Hosts whose image URLs may resolve to private, loopback or other non-public
+    /// addresses (e.g. a LAN image store); comma-separated. Others must be public.
+    #[arg(long, env = "HEARTH_ALLOWED_MEDIA_HOSTS", value_delimiter = ',')]
+    pub allowed_media_hosts: Vec<String>,
+    /// Most images in one request.
+    #[arg(long, default_value_t = 5, env = "HEARTH_MAX_IMAGES")]
+    pub max_images: usize,
+    /// Largest image, e.g. `10MiB` (after base64 decoding).
+    #[arg(long, default_value = "10MiB", env = "HEARTH_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: String,
+    /// Largest image width or height, in pixels (read from the header, before decoding).
+    #[arg(long, default_value_t = 4096, env = "HEARTH_MAX_IMAGE_SIDE")]
+    pub max_image_side: u32,
+    /// Seconds an image URL may take to fetch, redirects included.
+    #[arg(long, default_value_t = 20.0, env = "HEARTH_IMAGE_FETCH_TIMEOUT")]
+    pub image_fetch_timeout: f64,
+    /// How images reach workers: `shm` (sealed shared memory, falling back to inline where
+    /// the kernel has none) or `inline` (in the message itself).
+    #[arg(long, value_enum, default_value_t = MediaTransfer::Shm, env = "HEARTH_MEDIA_TRANSFER")]
+    pub media_transfer: MediaTransfer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaTransfer {
+    Shm,
+    Inline,
 }
 
 /// When models load and unload, and how workers are watched.
@@ -389,6 +432,12 @@ pub struct WorkerArgs {
     /// Lock file shared by workers that must take turns decoding.
     #[arg(long)]
     pub cpu_gate: Option<PathBuf>,
+    /// The model's vision projector (mmproj GGUF): chat prompts may then hold images.
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
+    /// Largest image width or height decoded (a second line behind the orchestrator's).
+    #[arg(long, default_value_t = 4096)]
+    pub max_image_side: u32,
 }
 
 /// Where the model is and how the engine runs it.

@@ -35,6 +35,8 @@ pub struct ModelEntry {
     pub ctx_size: Option<u32>,
     pub parallel: Option<usize>,
     pub idle_timeout: Option<f64>,
+    /// The model's vision projector (mmproj GGUF); relative to the config file.
+    pub mmproj: Option<PathBuf>,
 }
 
 pub fn load(path: &Path) -> Result<ConfigFile> {
@@ -54,6 +56,9 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
             }
             (Some(p), None) if p.is_relative() => model.path = Some(base.join(p)),
             _ => {}
+        }
+        if let Some(p) = model.mmproj.as_ref().filter(|p| p.is_relative()) {
+            model.mmproj = Some(base.join(p));
         }
     }
     Ok(config)

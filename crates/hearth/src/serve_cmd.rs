@@ -5,12 +5,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hearth_server::config::{cpu_gate_needed, validate_id};
 use hearth_server::hub::{self, HubRef};
+use hearth_server::media::MediaPolicy;
 use hearth_server::{
-    tier_defaults, total_ram_bytes, AccessConfig, HttpConfig, LifecycleConfig, ModelSpec,
-    QueueLimits, RateLimit, ServerConfig, WorkerSettings,
+    tier_defaults, total_ram_bytes, AccessConfig, HttpConfig, LifecycleConfig, MediaConfig,
+    ModelSpec, QueueLimits, RateLimit, ServerConfig, WorkerSettings,
 };
 
-use crate::cli::{AccessArgs, CpuGateMode, LifecycleArgs, QueueArgs, ServeArgs, Switch};
+use crate::cli::{
+    AccessArgs, CpuGateMode, LifecycleArgs, MediaArgs, MediaTransfer, QueueArgs, ServeArgs, Switch,
+};
 use crate::{config_file, model_path};
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -35,6 +38,33 @@ pub fn run(args: ServeArgs) -> Result<()> {
             path,
             ..ModelSpec::default()
         });
+    }
+    for text in &args.mmproj {
+        let (name, path) = match text.split_once('=') {
+            Some((name, path)) => (Some(name), path),
+            None => (None, text.as_str()),
+        };
+        let spec = match name {
+            Some(name) => models.iter_mut().find(|m| m.id == name),
+            None => models.first_mut(),
+        }
+        .with_context(|| format!("--mmproj {text}: no model is named so"))?;
+        spec.mmproj = Some(std::path::PathBuf::from(path));
+    }
+    for spec in &mut models {
+        if spec.mmproj.is_none() {
+            spec.mmproj = hearth_server::config::mmproj_beside(&spec.path);
+            if let Some(found) = &spec.mmproj {
+                tracing::info!(model = %spec.id, mmproj = %found.display(), "vision projector found beside the model");
+            }
+        }
+        if let Some(mmproj) = spec.mmproj.as_ref().filter(|p| !p.is_file()) {
+            anyhow::bail!(
+                "vision projector {} for '{}' does not exist",
+                mmproj.display(),
+                spec.id
+            );
+        }
     }
     for spec in &models {
         if !spec.path.is_file() {
@@ -62,6 +92,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ctx_size: args.ctx_size,
             threads: args.threads,
             gpu_layers: args.gpu_layers,
+            max_image_side: args.media.max_image_side,
             grammar_cache_size: args.grammar_cache_size,
             kv_unified: args.kv_unified,
             no_prompt_cache: args.no_prompt_cache,
@@ -84,6 +115,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.access.max_body_bytes,
         access: access_config(&args.access)?,
         http: http_config(&args.access)?,
+        media: media_config(&args.media)?,
     };
     config.worker.cpu_gate = match args.cpu_gate {
         CpuGateMode::On => true,
@@ -161,6 +193,7 @@ fn model_from_file(entry: config_file::ModelEntry) -> Result<ModelSpec> {
         parallel: entry.parallel,
         ctx_size: entry.ctx_size,
         idle_timeout,
+        mmproj: entry.mmproj,
     })
 }
 
@@ -174,6 +207,31 @@ fn hub_file(id: &str) -> Result<std::path::PathBuf> {
 fn seconds(s: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| anyhow::anyhow!("{what} must be a number of seconds, not {s}"))
+}
+
+fn media_config(args: &MediaArgs) -> Result<MediaConfig> {
+    let max_image_bytes = usize::try_from(parse_bytes(&args.max_image_bytes)?)
+        .context("--max-image-bytes is too large")?;
+    if max_image_bytes == 0 || args.max_images == 0 || args.max_image_side == 0 {
+        anyhow::bail!("--max-images, --max-image-bytes and --max-image-side must be positive");
+    }
+    if let Some(dir) = args.allowed_media_dir.as_ref().filter(|d| !d.is_dir()) {
+        anyhow::bail!("--allowed-media-dir {} is not a directory", dir.display());
+    }
+    let total_timeout = seconds(args.image_fetch_timeout, "--image-fetch-timeout")?;
+    Ok(MediaConfig {
+        policy: MediaPolicy {
+            max_image_bytes,
+            max_images: args.max_images,
+            max_pixels_side: args.max_image_side,
+            allowed_media_dir: args.allowed_media_dir.clone(),
+            allowed_media_hosts: args.allowed_media_hosts.clone(),
+            total_timeout,
+            connect_timeout: total_timeout.min(MediaPolicy::default().connect_timeout),
+            ..MediaPolicy::default()
+        },
+        shared_memory: args.media_transfer == MediaTransfer::Shm,
+    })
 }
 
 fn lifecycle_config(args: &LifecycleArgs, request_timeout: u64) -> Result<LifecycleConfig> {

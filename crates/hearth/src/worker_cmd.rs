@@ -17,11 +17,13 @@ use hearth_engine::tools::{
 };
 use hearth_engine::{
     model_chat_template, ChatTemplate, Engine, EngineConfig, EngineError, Event, FinishReason,
-    GeneratedToken, GenerationRequest, LoadOptions, Model, OutputFormat, PreparedRequest,
-    RequestId, SamplingParams, TemplateInput,
+    GeneratedToken, GenerationRequest, ImageLimits, LoadOptions, Model, OutputFormat,
+    PreparedRequest, Projector, PromptMedia, RequestId, SamplingParams, TemplateInput,
 };
+use hearth_ipc::media::{claim_fds, FdReceiver};
 use hearth_ipc::{
-    read_frame, write_frame, FromWorker, Incoming, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
+    image_marker_text, read_frame, write_frame, FromWorker, Incoming, MediaBytes, PromptSpec,
+    ToWorker, WorkerReady, WorkerStatus,
 };
 
 use crate::cli::WorkerArgs;
@@ -43,7 +45,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("connecting to {}", args.socket.display()))?;
     let outbox: Outbox = Arc::new(Mutex::new(stream.try_clone()?));
-    let (model, engine) = match load(&args) {
+    let (model, engine, projector) = match load(&args) {
         Ok(loaded) => loaded,
         Err(e) => {
             send(
@@ -72,6 +74,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             size_bytes: info.size_bytes,
             pooling: info.pooling.clone(),
             causal: info.causal,
+            vision: projector.is_some(),
         }),
     );
     let embed_config = EmbedConfig {
@@ -83,6 +86,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let worker = Arc::new(Worker {
         model,
         engine,
+        projector,
         template,
         syntax,
         outbox,
@@ -114,7 +118,10 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 }
             })?
     };
-    let mut reader = BufReader::new(stream);
+    // Read with recvmsg: images' shared memory arrives as descriptors beside the frames.
+    let receiver = FdReceiver::new(stream);
+    let fd_queue = receiver.queue();
+    let mut reader = BufReader::new(receiver);
     // The orchestrator closing the socket is our signal to exit. A frame we cannot read
     // fails the requests it names, nothing more.
     while let Some(incoming) = read_frame::<_, ToWorker>(&mut reader)? {
@@ -136,11 +143,20 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         match message {
             ToWorker::Generate {
                 id,
-                prompt,
+                mut prompt,
                 choices,
                 priority,
             } => {
                 let ids: Vec<u64> = (id..).take(choices.len()).collect();
+                // Just read, the prompt has no other owner.
+                if let Some(PromptSpec::Chat { images, .. }) = Arc::get_mut(&mut prompt) {
+                    if let Err(e) = claim_fds(images, &fd_queue) {
+                        for id in ids {
+                            worker.fail(id, ApiError::internal(e.clone()));
+                        }
+                        continue;
+                    }
+                }
                 worker.track(&ids);
                 if jobs
                     .send(Work::Generate(Job {
@@ -199,8 +215,9 @@ fn ignore_interrupts() {
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
 
-/// The model, and its engine unless only its vocabulary was loaded (`--vocab-only`).
-fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>)> {
+/// The model, its engine unless only its vocabulary was loaded (`--vocab-only`), and its
+/// vision projector if it has one.
+fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>, Option<Arc<Projector>>)> {
     let model = Arc::new(Model::load(
         &args.model,
         &LoadOptions {
@@ -210,8 +227,21 @@ fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>)> {
         },
     )?);
     if args.vocab_only {
-        return Ok((model, None));
+        return Ok((model, None, None));
     }
+    let threads = args.threads.unwrap_or_else(hearth_engine::default_threads);
+    let projector = match &args.mmproj {
+        Some(path) => Some(Arc::new(Projector::load(
+            path,
+            &model,
+            threads,
+            ImageLimits {
+                max_side: args.max_image_side,
+                ..ImageLimits::default()
+            },
+        )?)),
+        None => None,
+    };
     let config = EngineConfig {
         parallel: args.parallel,
         context_per_slot: args.ctx_size,
@@ -222,10 +252,11 @@ fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>)> {
         preemption: !args.no_preemption,
         flash_attention: args.flash_attn.engine(),
         cpu_gate: args.cpu_gate.clone(),
+        projector: projector.clone(),
         ..EngineConfig::default()
     };
     let engine = Engine::start(model.clone(), config)?;
-    Ok((model, Some(engine)))
+    Ok((model, Some(engine), projector))
 }
 
 /// `ps` and `top` show the worker as `hearth-worker-<model>` (argv[0] is set by the parent;
@@ -284,6 +315,8 @@ struct Worker {
     model: Arc<Model>,
     /// `None` in a vocabulary-only worker, which tokenizes and nothing else.
     engine: Option<Engine>,
+    /// The vision projector (`--mmproj`): chat prompts may hold images.
+    projector: Option<Arc<Projector>>,
     template: Option<ChatTemplate>,
     /// The call syntax and reasoning style read from the template.
     syntax: Option<ToolSyntax>,
@@ -561,6 +594,7 @@ impl Worker {
         for params in job.choices {
             let with_logprobs = params.top_logprobs.is_some();
             let mut request = generation_request(prompt.tokens.clone(), params, job.priority);
+            request.media = prompt.media.clone();
             let param = if grammar.is_some() {
                 request.format = grammar.clone();
                 "tools"
@@ -588,6 +622,8 @@ impl Worker {
                 mut messages,
                 tools,
                 tool_use,
+                images,
+                image_marker,
             } => {
                 let (Some(template), Some(syntax)) = (self.template.as_ref(), self.syntax) else {
                     return Err(ApiError::invalid_request(
@@ -614,18 +650,80 @@ impl Worker {
                         add_generation_prompt: true,
                     })
                     .map_err(|e| engine_error(e, "messages"))?;
+                let reply = self.reply_setup(&syntax, tool_use.as_ref(), &text);
+                if !images.is_empty() {
+                    let (tokens, media) = self.with_images(&text, &images, &image_marker)?;
+                    return Ok(Prompt {
+                        tokens,
+                        media,
+                        reply,
+                    });
+                }
                 // Templates write BOS themselves (HF tokenizes chat with add_special_tokens=False).
                 let tokens = model.tokenize(&text, false, true);
-                let reply = self.reply_setup(&syntax, tool_use.as_ref(), &text);
-                return Ok(Prompt { tokens, reply });
+                return Ok(Prompt {
+                    tokens,
+                    media: Vec::new(),
+                    reply,
+                });
             }
             PromptSpec::Text(text) => model.tokenize(&text, true, false),
             PromptSpec::Tokens(tokens) => tokens,
         };
         Ok(Prompt {
             tokens,
+            media: Vec::new(),
             reply: None,
         })
+    }
+
+    /// A rendered chat prompt whose markers stand for `images`: text around them tokenized
+    /// as usual, each image read by the projector into placeholder tokens and its chunks.
+    fn with_images(
+        &self,
+        rendered: &str,
+        images: &[MediaBytes],
+        marker: &str,
+    ) -> Result<(Vec<u32>, Vec<PromptMedia>), ApiError> {
+        let Some(projector) = &self.projector else {
+            return Err(ApiError::model_not_multimodal());
+        };
+        let mut tokens = Vec::new();
+        let mut media = Vec::with_capacity(images.len());
+        let mut rest = rendered;
+        for (k, bytes) in images.iter().enumerate() {
+            let here = image_marker_text(marker, k);
+            let param = format!("image {k}");
+            let Some((before, after)) = rest.split_once(&here) else {
+                return Err(ApiError::invalid_request(
+                    format!(
+                        "this model's chat template left out {param} (templates may drop \
+                         some messages); send images in user messages"
+                    ),
+                    Some("messages"),
+                ));
+            };
+            tokens.extend(self.model.tokenize(before, false, true));
+            let bytes = bytes.read().map_err(ApiError::internal)?;
+            let image = projector.image(&bytes).map_err(|e| {
+                ApiError::invalid_request(format!("{param}: {e}"), Some("messages"))
+            })?;
+            let image = Arc::new(image);
+            media.push(PromptMedia::new(tokens.len(), image.clone()));
+            tokens.extend(hearth_engine::vision::placeholders(
+                image.hash,
+                image.tokens,
+            ));
+            rest = after;
+        }
+        if rest.contains(marker) {
+            return Err(ApiError::invalid_request(
+                "the chat template repeated an image; send each image once",
+                Some("messages"),
+            ));
+        }
+        tokens.extend(self.model.tokenize(rest, false, true));
+        Ok((tokens, media))
     }
 
     /// How a chat reply is parsed (and constrained): calls when tools are in use, reasoning
@@ -820,6 +918,8 @@ impl Worker {
 /// A tokenized prompt and how its replies are parsed.
 struct Prompt {
     tokens: Vec<u32>,
+    /// Images over placeholder tokens of `tokens`.
+    media: Vec<PromptMedia>,
     reply: Option<ReplySetup>,
 }
 
@@ -899,6 +999,7 @@ fn generation_request(
 ) -> GenerationRequest {
     GenerationRequest {
         prompt,
+        media: Vec::new(),
         priority,
         sampling: SamplingParams {
             temperature: params.temperature,

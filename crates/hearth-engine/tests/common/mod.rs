@@ -58,6 +58,7 @@ pub fn engine_configured(
             prompt_cache_ram: 64 << 20,
             preemption: true,
             flash_attention,
+            projector: None,
         },
     )
     .unwrap()

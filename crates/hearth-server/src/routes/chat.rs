@@ -77,7 +77,10 @@ pub(super) async fn start_chat(
 ) -> Result<ChatStart, ApiError> {
     let params = request.params()?;
     let n = request.sampling.choices()?;
-    let messages = request.template_messages()?;
+    // A random marker per request stands for each image in the rendered prompt: no text a
+    // client sends can pose as one.
+    let image_marker = format!("<hearth-image-{:032x}-", rand::random::<u128>());
+    let (messages, image_parts) = request.template_messages_with_images(&image_marker)?;
     let (tools, tool_use) = request.tool_use()?.unzip();
     let prompt_bytes = messages
         .iter()
@@ -91,14 +94,22 @@ pub(super) async fn start_chat(
             .sum::<usize>();
     check_request_size(&[prompt_bytes], n)?;
     let model = state.models.resolve(&request.model)?;
+    let images = crate::prompt_images::load(state, &model, &image_parts).await?;
     let calls = match &tool_use {
         Some(t) if t.calls_possible() => Some(t.legacy),
         _ => None,
+    };
+    let image_marker = if images.is_empty() {
+        String::new()
+    } else {
+        image_marker
     };
     let prompt = PromptSpec::Chat {
         messages,
         tools,
         tool_use,
+        images,
+        image_marker,
     };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
     let started = start(state, &model, vec![(Arc::new(prompt), choices)], meta)

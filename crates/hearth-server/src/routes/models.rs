@@ -22,6 +22,10 @@ fn card(view: ModelView) -> ModelCard {
         owned_by: "hearth".into(),
         state: view.state.as_str().into(),
         error,
+        capabilities: std::iter::once("text")
+            .chain(view.vision.then_some("vision"))
+            .map(str::to_owned)
+            .collect(),
     }
 }
 

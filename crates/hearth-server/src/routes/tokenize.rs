@@ -133,5 +133,7 @@ fn chat_prompt(chat: &Value) -> Result<PromptSpec, ApiError> {
         messages,
         tools,
         tool_use,
+        images: Vec::new(),
+        image_marker: String::new(),
     })
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hearth_api::ApiError;
-use hearth_ipc::{read_frame_async, write_frame_async, FromWorker, Incoming, ToWorker};
+use hearth_ipc::{
+    encode_frame, read_frame_async, write_frame_async, FromWorker, Incoming, ToWorker,
+};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -20,11 +22,40 @@ pub(super) fn start_writer(
 ) {
     tokio::spawn(async move {
         while let Some(message) = outbox.recv().await {
-            if write_frame_async(&mut socket, &message).await.is_err() {
+            let written = if message.fds().is_empty() {
+                write_frame_async(&mut socket, &message).await
+            } else {
+                write_frame_with_fds(&mut socket, &message).await
+            };
+            if written.is_err() {
                 break;
             }
         }
     });
+}
+
+/// A frame whose images' shared memory goes with it: the descriptors ride on its first
+/// bytes (`sendmsg` with `SCM_RIGHTS`), the rest is written as usual.
+async fn write_frame_with_fds(
+    socket: &mut OwnedWriteHalf,
+    message: &ToWorker,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncWriteExt, Interest};
+    let frame = encode_frame(message)?;
+    let fds = message.fds();
+    let stream: &tokio::net::UnixStream = socket.as_ref();
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || {
+            hearth_ipc::media::send_with_fds(stream.as_raw_fd(), &frame, &fds)
+        }) {
+            Ok(sent) => break sent,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    socket.write_all(&frame[sent..]).await
 }
 
 pub(super) fn start_reader(model: String, mut socket: OwnedReadHalf, shared: Arc<Shared>) {

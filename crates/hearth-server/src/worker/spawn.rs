@@ -84,6 +84,11 @@ pub async fn spawn_worker(
     command.arg("--pooling").arg(settings.pooling);
     if settings.vocab_only {
         command.arg("--vocab-only");
+    } else if let Some(mmproj) = &spec.mmproj {
+        command.arg("--mmproj").arg(mmproj);
+        command
+            .arg("--max-image-side")
+            .arg(settings.max_image_side.to_string());
     }
     command
         .arg("--prompt-cache-ram")
