@@ -215,9 +215,11 @@ fn ignore_interrupts() {
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
 
-/// The model, its engine unless only its vocabulary was loaded (`--vocab-only`), and its
-/// vision projector if it has one.
-fn load(args: &WorkerArgs) -> Result<(Arc<Model>, Option<Engine>, Option<Arc<Projector>>)> {
+/// What a worker serves with: the model, its engine unless only its vocabulary was loaded
+/// (`--vocab-only`), and its vision projector if it has one.
+type Loaded = (Arc<Model>, Option<Engine>, Option<Arc<Projector>>);
+
+fn load(args: &WorkerArgs) -> Result<Loaded> {
     let model = Arc::new(Model::load(
         &args.model,
         &LoadOptions {

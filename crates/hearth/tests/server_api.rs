@@ -85,6 +85,7 @@ fn completions_equal_the_engines_greedy_output() {
             prompt_cache_ram: 0,
             preemption: true,
             flash_attention: Default::default(),
+            projector: None,
         },
     )
     .unwrap();
