@@ -116,3 +116,34 @@ def test_the_page_asks_for_an_api_key(browser):
         page.close()
     finally:
         server.stop()
+
+
+def test_images_can_be_attached_for_a_model_with_vision(browser, tmp_path):
+    mmproj = MODEL.parent / "smollm2-test-mmproj.gguf"
+    s = Server("--mmproj", f"eyes={mmproj}", models=(f"eyes={MODEL}", f"smol={MODEL}"),
+               ctx_size=1024, parallel=1)
+    try:
+        from PIL import Image
+        picture = tmp_path / "red.png"
+        Image.new("RGB", (32, 32), (220, 20, 20)).save(picture)
+        page = browser.new_page()
+        page.goto(root(s) + "/")
+        expect(page.locator("#status")).to_have_text("Ready.")
+        page.select_option("#model", "smol")
+        expect(page.locator("#attach-button")).to_be_hidden()
+        page.select_option("#model", "eyes")
+        expect(page.locator("#attach-button")).to_be_visible()
+        page.set_input_files("#attach", str(picture))
+        expect(page.locator("#attached img")).to_have_count(1)
+        page.click("#toggle-settings")
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "8")
+        page.fill("#prompt", "What colour is this?")
+        page.keyboard.press("Enter")
+        expect(page.locator(".message.user img.thumb")).to_have_count(1)
+        expect(page.locator("#status")).to_contain_text("tok/s", timeout=60_000)
+        expect(page.locator(".message.assistant").last).not_to_have_class("message assistant error")
+        expect(page.locator("#attached img")).to_have_count(0)
+        page.close()
+    finally:
+        s.stop()

@@ -268,8 +268,8 @@ def test_limits_are_checked_before_decoding(vision):
 
 
 def test_what_is_not_served_is_refused_clearly(vision):
-    refused(chat(vision, ask(image_part(data_url(PNG))), model="plain"), param="messages",
-            code="model_not_multimodal")
+    refused(chat(vision, ask(image_part(data_url(PNG))), model="plain"),
+            param="messages[0].content[1].type", code="model_not_multimodal")
     messages = [{"role": "assistant", "content": [image_part(data_url(PNG))]},
                 {"role": "user", "content": "hi"}]
     refused(chat(vision, messages), param="messages[0].content[0].type", says="user")

@@ -56,11 +56,12 @@ impl HubRef {
         format!("models--{}", self.repo.replace('/', "--"))
     }
 
-    /// The GGUF file this reference means among a repository's files.
+    /// The GGUF file this reference means among a repository's files (never a vision
+    /// projector, which shares the repository and often the quantization's name).
     pub fn pick<'a>(&self, files: &'a [String]) -> Result<&'a String, String> {
         let ggufs: Vec<&String> = files
             .iter()
-            .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+            .filter(|f| f.to_ascii_lowercase().ends_with(".gguf") && !is_projector(f))
             .collect();
         let file_name = |f: &String| f.rsplit('/').next().unwrap_or(f).to_owned();
         let matches: Vec<&String> = match &self.selector {
@@ -119,6 +120,41 @@ impl HubRef {
     }
 }
 
+/// Whether a repository file is a vision projector (`mmproj*.gguf`, as llama.cpp's
+/// repositories name them).
+fn is_projector(file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
+    name.starts_with("mmproj") && name.ends_with(".gguf")
+}
+
+impl HubRef {
+    /// The vision projector among a repository's files, if it has one: the only one, else
+    /// the one of this reference's quantization, else the F16 one (llama.cpp's
+    /// repositories ship a projector per precision), else the first by name.
+    pub fn pick_projector<'a>(&self, files: &'a [String]) -> Option<&'a String> {
+        let mut projectors: Vec<&String> = files.iter().filter(|f| is_projector(f)).collect();
+        projectors.sort();
+        let named = |part: &str| {
+            let part = part.to_ascii_lowercase();
+            projectors
+                .iter()
+                .copied()
+                .find(|f| f.to_ascii_lowercase().contains(&part))
+        };
+        match projectors.len() {
+            0 => None,
+            1 => Some(projectors[0]),
+            _ => self
+                .selector
+                .as_deref()
+                .filter(|s| !s.to_ascii_lowercase().ends_with(".gguf"))
+                .and_then(named)
+                .or_else(|| named("f16"))
+                .or(projectors.first().copied()),
+        }
+    }
+}
+
 impl std::fmt::Display for HubRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.selector {
@@ -154,6 +190,17 @@ pub fn offline() -> bool {
             )
         })
         .unwrap_or(false)
+}
+
+/// The vision projector cached with `reference`'s model, if its repository has one there.
+pub fn find_cached_projector(cache: &Path, reference: &HubRef) -> Option<PathBuf> {
+    let repo_dir = cache.join(reference.folder());
+    let revision = std::fs::read_to_string(repo_dir.join("refs").join("main")).ok()?;
+    let snapshot = repo_dir.join("snapshots").join(revision.trim());
+    let mut files = Vec::new();
+    list_files(&snapshot, &snapshot, &mut files);
+    let path = snapshot.join(reference.pick_projector(&files)?);
+    path.is_file().then_some(path)
 }
 
 /// The file for `reference` in the cache at `cache`, without touching the network.
@@ -194,7 +241,8 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 /// The file for `reference`: from the cache, else downloaded into it (with a progress bar
-/// on the terminal when `progress`). `HF_HUB_OFFLINE=1` forbids the download.
+/// on the terminal when `progress`) together with the repository's vision projector, if it
+/// has one. `HF_HUB_OFFLINE=1` forbids the download.
 pub fn fetch(reference: &HubRef, progress: bool) -> Result<PathBuf, String> {
     let cache = cache_dir();
     let cached = find_cached(&cache, reference);
@@ -217,8 +265,14 @@ pub fn fetch(reference: &HubRef, progress: bool) -> Result<PathBuf, String> {
         .map_err(|e| format!("looking up {} on Hugging Face: {e}", reference.repo))?;
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let file = reference.pick(&files)?;
-    repo.get(file)
-        .map_err(|e| format!("downloading {file} from {}: {e}", reference.repo))
+    let model = repo
+        .get(file)
+        .map_err(|e| format!("downloading {file} from {}: {e}", reference.repo))?;
+    if let Some(projector) = reference.pick_projector(&files) {
+        repo.get(projector)
+            .map_err(|e| format!("downloading {projector} from {}: {e}", reference.repo))?;
+    }
+    Ok(model)
 }
 
 #[cfg(test)]
@@ -261,5 +315,32 @@ mod tests {
         assert_eq!(pick("o/m:model.Q4_1.gguf").unwrap(), "sub/model.Q4_1.gguf");
         assert!(pick("o/m:Q5_0").is_err());
         assert!(pick("o/m:model").is_err(), "ambiguous");
+    }
+
+    #[test]
+    fn projectors_are_never_the_model_and_are_picked_by_quantization() {
+        let files: Vec<String> = [
+            "SmolVLM-Q8_0.gguf",
+            "SmolVLM-f16.gguf",
+            "mmproj-SmolVLM-Q8_0.gguf",
+            "mmproj-SmolVLM-f16.gguf",
+        ]
+        .map(String::from)
+        .to_vec();
+        let r = |s: &str| HubRef::parse(s).unwrap();
+        assert_eq!(r("o/m:Q8_0").pick(&files).unwrap(), "SmolVLM-Q8_0.gguf");
+        assert_eq!(
+            r("o/m:Q8_0").pick_projector(&files).unwrap(),
+            "mmproj-SmolVLM-Q8_0.gguf"
+        );
+        assert_eq!(
+            r("o/m:SmolVLM-f16.gguf").pick_projector(&files).unwrap(),
+            "mmproj-SmolVLM-f16.gguf"
+        );
+        assert_eq!(
+            r("o/m").pick_projector(&files).unwrap(),
+            "mmproj-SmolVLM-f16.gguf"
+        );
+        assert_eq!(r("o/m").pick_projector(&files[..2]), None);
     }
 }

@@ -271,9 +271,13 @@ impl ModelManager {
             return Ok(entry.spec.id.clone());
         }
         tracing::info!(model = id, path = %path.display(), "serving a model from the Hugging Face cache");
+        let mmproj = hub::HubRef::parse(id)
+            .ok()
+            .and_then(|r| hub::find_cached_projector(&hub::cache_dir(), &r));
         let entry = self.new_entry(ModelSpec {
             id: id.to_owned(),
             path,
+            mmproj,
             ..ModelSpec::default()
         });
         entries.push(entry);

@@ -36,7 +36,9 @@ pub async fn load(
         return Ok(Vec::new());
     }
     if !state.models.has_vision(model)? {
-        return Err(ApiError::model_not_multimodal());
+        // Named by the first image part's type, as other unsupported parts are.
+        let part = parts[0].param.trim_end_matches(".image_url");
+        return Err(ApiError::model_not_multimodal().with_param(Some(&format!("{part}.type"))));
     }
     let config = &state.media;
     config

@@ -162,9 +162,11 @@ fn model_from_arg(text: &str) -> Result<ModelSpec> {
         (alias.unwrap_or(source).to_owned(), path)
     };
     validate_id(&id).map_err(anyhow::Error::msg)?;
+    let mmproj = (!looks_like_file).then(|| hub_projector(source)).flatten();
     Ok(ModelSpec {
         id,
         path,
+        mmproj,
         ..ModelSpec::default()
     })
 }
@@ -193,8 +195,16 @@ fn model_from_file(entry: config_file::ModelEntry) -> Result<ModelSpec> {
         parallel: entry.parallel,
         ctx_size: entry.ctx_size,
         idle_timeout,
-        mmproj: entry.mmproj,
+        mmproj: entry
+            .mmproj
+            .or_else(|| entry.hub.as_deref().and_then(hub_projector)),
     })
+}
+
+/// The vision projector cached with a hub model, if its repository has one.
+fn hub_projector(id: &str) -> Option<std::path::PathBuf> {
+    let reference = HubRef::parse(id).ok()?;
+    hub::find_cached_projector(&hub::cache_dir(), &reference)
 }
 
 /// A hub id's GGUF: from the Hugging Face cache, downloaded when missing (unless offline).

@@ -13,7 +13,14 @@ function load() {
   try { return Object.assign(fallback, JSON.parse(localStorage.getItem(STORE)) || {}); }
   catch { return fallback; }
 }
-function save() { localStorage.setItem(STORE, JSON.stringify(state)); }
+function save() {
+  try {
+    localStorage.setItem(STORE, JSON.stringify(state));
+  } catch (e) {
+    // Images can outgrow the browser's storage: the chat goes on, unsaved.
+    status("This chat is too large to keep in the browser's storage.");
+  }
+}
 function status(text) { $("status").textContent = text; }
 
 // --- Markdown: escape first, then a small, safe subset. ---------------------------------
@@ -77,7 +84,17 @@ function render(message, element) {
   const el = element || document.createElement("div");
   el.className = `message ${message.role}${message.error ? " error" : ""}`;
   if (message.role === "user") {
-    el.textContent = message.content;
+    // Text, then the images it carried (content parts, as sent).
+    const parts = Array.isArray(message.content) ? message.content : [{ type: "text", text: message.content }];
+    el.textContent = parts.filter((p) => p.type === "text").map((p) => p.text).join("\n");
+    for (const p of parts.filter((p) => p.type === "image_url")) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.alt = "attached image";
+      img.src = p.image_url.url;
+      el.appendChild(document.createElement("br"));
+      el.appendChild(img);
+    }
   } else {
     let html = "";
     if (message.reasoning) html += `<details><summary>Reasoning</summary>${markdown(message.reasoning)}</details>`;
@@ -124,10 +141,12 @@ async function loadModels() {
       const option = document.createElement("option");
       option.value = m.id;
       option.textContent = m.state ? `${m.id} (${m.state})` : m.id;
+      option.dataset.vision = String((m.capabilities || []).includes("vision"));
       select.appendChild(option);
     }
     if (list.some((m) => m.id === state.model)) select.value = state.model;
     state.model = select.value;
+    showAttach();
     status(list.length ? "Ready." : "This server has no models.");
   } catch (e) {
     status(`Could not list models: ${e.message}`);
@@ -158,9 +177,43 @@ function request(s) {
   return body;
 }
 
+// --- Images for models with vision. -------------------------------------------------------
+let pending = [];
+function showAttach() {
+  const option = $("model").selectedOptions[0];
+  const vision = !!option && option.dataset.vision === "true";
+  $("attach-button").hidden = !vision;
+  if (!vision) { pending = []; drawPending(); }
+}
+function drawPending() {
+  const box = $("attached");
+  box.innerHTML = "";
+  pending.forEach((url, i) => {
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = `image ${i + 1} (click to remove)`;
+    img.title = "Click to remove";
+    img.addEventListener("click", () => { pending.splice(i, 1); drawPending(); });
+    box.appendChild(img);
+  });
+}
+function readImage(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
 async function send(text) {
   const s = settings();
-  state.messages.push({ role: "user", content: text });
+  const content = pending.length
+    ? [{ type: "text", text }, ...pending.map((url) => ({ type: "image_url", image_url: { url } }))]
+    : text;
+  pending = [];
+  drawPending();
+  state.messages.push({ role: "user", content });
   render(state.messages[state.messages.length - 1]);
   const reply = { role: "assistant", content: "", reasoning: "" };
   state.messages.push(reply);
@@ -235,7 +288,19 @@ function init() {
   if (s.max_tokens !== undefined) $("max-tokens").value = s.max_tokens;
   $("json-mode").checked = !!s.json;
   redraw();
-  $("model").addEventListener("change", () => { state.model = $("model").value; save(); });
+  $("model").addEventListener("change", () => { state.model = $("model").value; save(); showAttach(); });
+  $("attach-button").addEventListener("click", () => $("attach").click());
+  $("attach").addEventListener("change", async () => {
+    for (const file of $("attach").files) {
+      try {
+        pending.push(await readImage(file));
+      } catch (e) {
+        status(`Could not read ${file.name}: ${e.message}`);
+      }
+    }
+    $("attach").value = "";
+    drawPending();
+  });
   $("toggle-settings").addEventListener("click", () => {
     const panel = $("settings");
     panel.hidden = !panel.hidden;
