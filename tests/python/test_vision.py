@@ -67,6 +67,13 @@ class Images(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         elif path == "/page.html":
             self.reply(200, "text/html", b"<html>not an image</html>")
+        elif path == "/ten.png":
+            self.reply(200, "image/png", PNG + b"\0" * (10 * 1024 * 1024 - len(PNG)))
+        elif path == "/to-secret":
+            self.send_response(302)
+            self.send_header("Location", "/SECRET-TOKEN/cat.png?sig=SIGNATURE")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/big.png":
             self.reply(200, "image/png", PNG + b"\0" * (11 << 20))
         elif path == "/slow.png":
@@ -236,6 +243,50 @@ def test_allowed_hosts_are_fetched_and_checked(inline_vision, image_host):
     refused(chat(inline_vision, ask(image_part(f"{image_host}/page.html"))), param=param)
     refused(chat(inline_vision, ask(image_part(f"{image_host}/nothing.png"))), param=param, says="404")
     refused(chat(inline_vision, ask(image_part(f"{image_host}/big.png"))), param=param)
+
+
+def test_redirect_targets_are_never_echoed(inline_vision, image_host):
+    error = refused(chat(inline_vision, ask(image_part(f"{image_host}/to-secret"))),
+                    param="messages[0].content[1].image_url", says="redirected")
+    assert "SECRET" not in error["message"] and "SIGNATURE" not in error["message"]
+
+
+def test_an_image_the_worker_cannot_decode_names_its_part(vision):
+    # The header (and so the size check) is fine; the pixel data is cut short.
+    refused(chat(vision, ask(image_part(data_url(PNG[:60])))),
+            param="messages[0].content[1].image_url")
+
+
+def test_a_request_too_large_to_send_inline_fails_alone(inline_vision, image_host):
+    # Five 10 MiB images inline (~70 MB of base64) and 14 MB of text are more than one
+    # message to a worker may carry: that request gets 413; the worker, and a stream
+    # running on it, go on.
+    before = restarts(inline_vision)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(chat, inline_vision, ask(text="Tell a long story."), max_tokens=48)
+        time.sleep(0.3)
+        parts = [image_part(f"{image_host}/ten.png")] * 5
+        response = chat(inline_vision, ask(*parts, text="x " * 7_000_000))
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["error"]["code"] == "request_too_large"
+        ok(stream.result())
+    assert restarts(inline_vision) == before
+    ok(chat(inline_vision, ask(image_part(data_url(PNG)))))
+
+
+def test_images_held_by_waiting_requests_are_bounded():
+    s = Server("--mmproj", f"smol={MMPROJ}", "--max-image-memory", "100KB",
+               models=(f"smol={MODEL}",), parallel=1)
+    try:
+        padded = PNG + b"\0" * 60_000
+        ok(chat(s, ask(image_part(data_url(padded)))))
+        busy = chat(s, ask(image_part(data_url(padded)), image_part(data_url(padded))))
+        assert busy.status_code == 503, busy.text
+        assert busy.headers.get("retry-after") == "1"
+        # What the first request held was given back.
+        ok(chat(s, ask(image_part(data_url(padded)))))
+    finally:
+        s.stop()
 
 
 def test_a_slow_image_times_out(vision, image_host):

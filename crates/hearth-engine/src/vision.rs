@@ -7,7 +7,7 @@
 //! so the prompt cache matches an image only against the same image at the same place; the
 //! engine thread evaluates the chunks into the sequence when its prefill reaches them.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,9 @@ pub struct Projector {
     /// no text in a prompt can pose as one.
     marker: String,
     limits: ImageLimits,
+    /// Keys for the image hash that names placeholder tokens: random per process, so nobody
+    /// can make two images that collide and poison another client's cached prefix.
+    hash_keys: std::collections::hash_map::RandomState,
 }
 
 /// One image of a prompt, ready to evaluate into a sequence.
@@ -115,6 +118,7 @@ impl Projector {
             context: Mutex::new(context),
             marker,
             limits,
+            hash_keys: std::collections::hash_map::RandomState::new(),
         })
     }
 
@@ -140,12 +144,10 @@ impl Projector {
                 chunks.total_positions()
             )));
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
         Ok(PromptImage {
             chunks,
             tokens,
-            hash: hasher.finish(),
+            hash: self.hash_keys.hash_one(bytes),
         })
     }
 

@@ -133,6 +133,24 @@ fn is_memfd_for(fd: &OwnedFd, key: u64) -> bool {
     })
 }
 
+/// Something a prompt keeps alive for as long as it lives (the orchestrator's share of an
+/// image memory budget, released when the request and any retry of it are done). Never
+/// sent; equal to any other.
+#[derive(Clone, Default)]
+pub struct Keep(pub Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keep")
+    }
+}
+
+impl PartialEq for Keep {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// Descriptors received and not yet claimed by a frame, in arrival order.
 pub type FdQueue = Arc<Mutex<VecDeque<OwnedFd>>>;
 

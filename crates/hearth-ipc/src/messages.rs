@@ -28,6 +28,9 @@ pub enum PromptSpec {
         /// and `>`: chosen at random per request, so no text a client writes can pose as one.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         image_marker: String,
+        /// What the images hold on the orchestrator's side while the request lives.
+        #[serde(skip)]
+        keep: crate::media::Keep,
     },
     Text(String),
     Tokens(Vec<u32>),

@@ -162,6 +162,7 @@ fn prompt() -> impl Strategy<Value = PromptSpec> {
                 tool_use: None,
                 images: Vec::new(),
                 image_marker: String::new(),
+                keep: Default::default(),
             }),
         text().prop_map(PromptSpec::Text),
         prop::collection::vec(any::<u32>(), 0..64).prop_map(PromptSpec::Tokens),

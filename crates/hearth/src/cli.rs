@@ -152,6 +152,10 @@ pub struct MediaArgs {
     /// Largest image width or height, in pixels (read from the header, before decoding).
     #[arg(long, default_value_t = 4096, env = "HEARTH_MAX_IMAGE_SIDE")]
     pub max_image_side: u32,
+    /// Image bytes all requests together may hold while they wait and run, e.g. `1GiB`;
+    /// past it, image requests get 503 with Retry-After.
+    #[arg(long, default_value = "1GiB", env = "HEARTH_MAX_IMAGE_MEMORY")]
+    pub max_image_memory: String,
     /// Seconds an image URL may take to fetch, redirects included.
     #[arg(long, default_value_t = 20.0, env = "HEARTH_IMAGE_FETCH_TIMEOUT")]
     pub image_fetch_timeout: f64,

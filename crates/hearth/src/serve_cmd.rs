@@ -241,6 +241,8 @@ fn media_config(args: &MediaArgs) -> Result<MediaConfig> {
             ..MediaPolicy::default()
         },
         shared_memory: args.media_transfer == MediaTransfer::Shm,
+        max_bytes_in_flight: usize::try_from(parse_bytes(&args.max_image_memory)?)
+            .context("--max-image-memory is too large")?,
     })
 }
 

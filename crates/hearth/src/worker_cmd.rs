@@ -626,6 +626,7 @@ impl Worker {
                 tool_use,
                 images,
                 image_marker,
+                ..
             } => {
                 let (Some(template), Some(syntax)) = (self.template.as_ref(), self.syntax) else {
                     return Err(ApiError::invalid_request(
@@ -695,21 +696,20 @@ impl Worker {
         let mut rest = rendered;
         for (k, bytes) in images.iter().enumerate() {
             let here = image_marker_text(marker, k);
-            let param = format!("image {k}");
+            // Named `images[k]`: the orchestrator puts back the part the client sent.
+            let param = format!("images[{k}]");
             let Some((before, after)) = rest.split_once(&here) else {
-                return Err(ApiError::invalid_request(
-                    format!(
-                        "this model's chat template left out {param} (templates may drop \
-                         some messages); send images in user messages"
-                    ),
-                    Some("messages"),
+                return Err(ApiError::invalid_value(
+                    &param,
+                    "this model's chat template left this image out (templates may drop \
+                     some messages); send images in user messages",
                 ));
             };
             tokens.extend(self.model.tokenize(before, false, true));
             let bytes = bytes.read().map_err(ApiError::internal)?;
-            let image = projector.image(&bytes).map_err(|e| {
-                ApiError::invalid_request(format!("{param}: {e}"), Some("messages"))
-            })?;
+            let image = projector
+                .image(&bytes)
+                .map_err(|e| ApiError::invalid_value(&param, e.to_string()))?;
             let image = Arc::new(image);
             media.push(PromptMedia::new(tokens.len(), image.clone()));
             tokens.extend(hearth_engine::vision::placeholders(

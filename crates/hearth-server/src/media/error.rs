@@ -53,6 +53,10 @@ pub enum MediaError {
     TooManyRedirects { limit: u32 },
     #[error("image URL gave an unusable redirect: {0}")]
     BadRedirect(String),
+    /// A hop after a redirect failed: said without the target, which the image server chose
+    /// (it may name internal hosts, paths or signed queries).
+    #[error("image URL '{url}' redirected {reason}")]
+    RedirectFailed { url: String, reason: String },
     #[error("image URL returned content type {content_type}, not an image")]
     NotImageContentType { content_type: String },
     #[error("image is larger than the limit of {limit} bytes")]
@@ -70,6 +74,34 @@ pub enum MediaError {
     TooManyImages { count: usize, limit: usize },
     #[error("internal error while loading the image")]
     Internal(String),
+    /// Every fetch slot stayed busy for the whole deadline (many slow image servers at once).
+    #[error("the server is busy fetching other images; try again shortly")]
+    Busy,
+}
+
+impl MediaError {
+    /// This error, met after `original` redirected, in words that do not repeat the target.
+    pub(crate) fn after_redirect(self, original: &url::Url) -> MediaError {
+        let reason = match self {
+            MediaError::AddressNotAllowed { class, .. } => format!("to a host that {class}"),
+            MediaError::Dns { .. } => "to a host that could not be resolved".into(),
+            MediaError::ConnectTimeout { .. } | MediaError::ConnectFailed { .. } => {
+                "to a host that could not be reached".into()
+            }
+            MediaError::HttpStatus { status, .. } => {
+                format!("to a URL that returned HTTP status {status}")
+            }
+            MediaError::InvalidUrl { .. } => "to an unusable URL".into(),
+            MediaError::UnsupportedScheme { .. } => "to an unsupported scheme".into(),
+            MediaError::CredentialsInUrl => "to a URL with a user name or password".into(),
+            // The rest name limits and findings, never the target.
+            other => return other,
+        };
+        MediaError::RedirectFailed {
+            url: echo_url(original),
+            reason,
+        }
+    }
 }
 
 fn secs(d: Duration) -> String {

@@ -30,9 +30,24 @@ const CHUNK: usize = 64 * 1024;
 
 /// The body of an http(s) image URL, following redirects, at most `max_image_bytes`.
 pub fn fetch(url: Url, policy: &MediaPolicy) -> Result<Vec<u8>, MediaError> {
+    let original = url.clone();
+    let mut redirects = 0;
+    fetch_following(url, policy, &mut redirects).map_err(|e| {
+        if redirects > 0 {
+            e.after_redirect(&original)
+        } else {
+            e
+        }
+    })
+}
+
+fn fetch_following(
+    url: Url,
+    policy: &MediaPolicy,
+    redirects: &mut u32,
+) -> Result<Vec<u8>, MediaError> {
     let deadline = Instant::now() + policy.total_timeout;
     let mut url = url;
-    let mut redirects = 0;
     loop {
         let addrs = vet(&url, policy)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -60,12 +75,12 @@ pub fn fetch(url: Url, policy: &MediaPolicy) -> Result<Vec<u8>, MediaError> {
         match response.status() {
             200..=299 => return read_body(response, policy, deadline),
             301 | 302 | 303 | 307 | 308 => {
-                if redirects >= policy.max_redirects {
+                if *redirects >= policy.max_redirects {
                     return Err(MediaError::TooManyRedirects {
                         limit: policy.max_redirects,
                     });
                 }
-                redirects += 1;
+                *redirects += 1;
                 url = next_location(&url, response.header("location"))?;
             }
             status => {

@@ -103,10 +103,33 @@ impl std::fmt::Debug for LoadedImage {
 /// the whole load is bounded by `total_timeout` here too: a DNS lookup, which nothing inside
 /// can interrupt, then finishes in the background while the caller already has its answer.
 pub async fn load_image(url: &str, policy: &MediaPolicy) -> Result<LoadedImage, MediaError> {
+    let started = tokio::time::Instant::now();
+    // Network fetches hold a blocking thread for as long as the far server takes: cap how
+    // many run at once, so slow servers cannot take the whole blocking pool and starve
+    // everything else on it (data: URLs, files, other clients' fetches). Waiting for a turn
+    // counts against the image's own deadline, and says so.
+    let scheme = url
+        .trim()
+        .split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase());
+    let _turn = match scheme.as_deref() {
+        Some("http" | "https") => {
+            match tokio::time::timeout(policy.total_timeout, FETCHES.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) => return Err(MediaError::Internal("fetch limiter closed".into())),
+                Err(_) => return Err(MediaError::Busy),
+            }
+        }
+        _ => None,
+    };
+    let remaining = policy.total_timeout.saturating_sub(started.elapsed());
     let owned_url = url.to_owned();
-    let owned_policy = policy.clone();
+    let owned_policy = MediaPolicy {
+        total_timeout: remaining,
+        ..policy.clone()
+    };
     let task = tokio::task::spawn_blocking(move || load_blocking(&owned_url, &owned_policy));
-    match tokio::time::timeout(policy.total_timeout, task).await {
+    match tokio::time::timeout(remaining, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(MediaError::Internal(join.to_string())),
         Err(_) => Err(MediaError::Timeout {
@@ -114,6 +137,10 @@ pub async fn load_image(url: &str, policy: &MediaPolicy) -> Result<LoadedImage, 
         }),
     }
 }
+
+/// Image URLs fetched at once, server-wide (tokio's blocking pool holds 512 threads).
+const MAX_CONCURRENT_FETCHES: usize = 64;
+static FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_FETCHES);
 
 fn load_blocking(url: &str, policy: &MediaPolicy) -> Result<LoadedImage, MediaError> {
     let bytes = read_source(url.trim(), policy)?;

@@ -94,7 +94,7 @@ pub(super) async fn start_chat(
             .sum::<usize>();
     check_request_size(&[prompt_bytes], n)?;
     let model = state.models.resolve(&request.model)?;
-    let images = crate::prompt_images::load(state, &model, &image_parts).await?;
+    let (images, keep) = crate::prompt_images::load(state, &model, &image_parts).await?;
     let calls = match &tool_use {
         Some(t) if t.calls_possible() => Some(t.legacy),
         _ => None,
@@ -110,6 +110,7 @@ pub(super) async fn start_chat(
         tool_use,
         images,
         image_marker,
+        keep,
     };
     let choices = (0..n).map(|i| params.for_choice(i)).collect();
     let started = start(state, &model, vec![(Arc::new(prompt), choices)], meta)
@@ -118,6 +119,20 @@ pub(super) async fn start_chat(
             // The worker checks the limit against the context; name the field the client sent.
             if request.max_completion_tokens.is_some() && e.param.as_deref() == Some("max_tokens") {
                 e.param = Some("max_completion_tokens".to_owned());
+            }
+            // The worker names images by their order; the client knows them by their part.
+            let image = e
+                .param
+                .as_deref()
+                .and_then(|p| {
+                    p.strip_prefix("images[")?
+                        .strip_suffix(']')?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .and_then(|k| image_parts.get(k));
+            if let Some(part) = image {
+                e.param = Some(part.param.clone());
             }
             e
         })?;

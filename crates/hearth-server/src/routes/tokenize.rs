@@ -135,5 +135,6 @@ fn chat_prompt(chat: &Value) -> Result<PromptSpec, ApiError> {
         tool_use,
         images: Vec::new(),
         image_marker: String::new(),
+        keep: Default::default(),
     })
 }

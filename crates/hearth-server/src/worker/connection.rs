@@ -5,9 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hearth_api::ApiError;
-use hearth_ipc::{
-    encode_frame, read_frame_async, write_frame_async, FromWorker, Incoming, ToWorker,
-};
+use hearth_ipc::{encode_frame, read_frame_async, Framed, FromWorker, Incoming, ToWorker};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -19,13 +18,36 @@ use crate::registry::Registry;
 pub(super) fn start_writer(
     mut socket: OwnedWriteHalf,
     mut outbox: mpsc::UnboundedReceiver<ToWorker>,
+    shared: Arc<Shared>,
 ) {
     tokio::spawn(async move {
         while let Some(message) = outbox.recv().await {
+            // A message that cannot be a frame (over the size limit: a prompt with large
+            // images inline) fails its own requests; the connection, and every other request
+            // on it, goes on. (Closing it would end the worker and its running streams.)
+            let frame = match encode_frame(&message) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(%e, "a request could not be sent to its worker");
+                    for id in message.frame_ids().iter() {
+                        let error = ApiError::new(
+                            413,
+                            "invalid_request_error",
+                            Some("request_too_large"),
+                            format!(
+                                "this request is too large to hand to the model's worker ({e}); \
+                                 send less text or fewer or smaller images"
+                            ),
+                        );
+                        deliver(&shared, id, WorkerEvent::Failed(error));
+                    }
+                    continue;
+                }
+            };
             let written = if message.fds().is_empty() {
-                write_frame_async(&mut socket, &message).await
+                socket.write_all(&frame).await
             } else {
-                write_frame_with_fds(&mut socket, &message).await
+                write_frame_with_fds(&mut socket, &frame, &message).await
             };
             if written.is_err() {
                 break;
@@ -38,17 +60,17 @@ pub(super) fn start_writer(
 /// bytes (`sendmsg` with `SCM_RIGHTS`), the rest is written as usual.
 async fn write_frame_with_fds(
     socket: &mut OwnedWriteHalf,
+    frame: &[u8],
     message: &ToWorker,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    use tokio::io::{AsyncWriteExt, Interest};
-    let frame = encode_frame(message)?;
+    use tokio::io::Interest;
     let fds = message.fds();
     let stream: &tokio::net::UnixStream = socket.as_ref();
     let sent = loop {
         stream.writable().await?;
         match stream.try_io(Interest::WRITABLE, || {
-            hearth_ipc::media::send_with_fds(stream.as_raw_fd(), &frame, &fds)
+            hearth_ipc::media::send_with_fds(stream.as_raw_fd(), frame, &fds)
         }) {
             Ok(sent) => break sent,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -186,7 +186,7 @@ pub async fn spawn_worker(
         ..Shared::default()
     });
     let (outbox, inbox) = tokio::sync::mpsc::unbounded_channel();
-    start_writer(writer, inbox);
+    start_writer(writer, inbox, shared.clone());
     start_reader(spec.id.clone(), reader, shared.clone());
     start_reaper(
         spec.id.clone(),

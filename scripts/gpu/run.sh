@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# There (the GPU machine, no Rust, no network): `run.sh build` builds llama.cpp's CUDA shared
+# libraries for hearth and the peers (llama-bench, llama-batched-bench, llama-server) from
+# the kit's sources, and random-weight models; `run.sh bench` measures. Everything lands in
+# /tmp/hg; results in $OUT. Made by scripts/gpu/pack.sh; docs/benchmarks.md ("GPU") has the
+# exact calls and the results.
+set -euo pipefail
+KIT=${KIT:-.gpu}
+W=/tmp/hg
+OUT=${OUT:-$W/out}
+mkdir -p "$W" "$OUT"
+CUDA_FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
+  -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=ON)
+
+build() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+  tar xJf "$KIT/hearth-llama.tar.xz" -C "$W"
+  mkdir -p "$W/peers" && tar xJf "$KIT/peers-llama.tar.xz" -C "$W/peers"
+  # hearth's libraries: shared, with mtmd (its vision library), no tools.
+  cmake -S "$W/llama.cpp" -B "$W/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=ON \
+    -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_CURL=OFF > "$W/hearth-cmake.log" 2>&1
+  # The peers: static, same CUDA flags.
+  cmake -S "$W/peers/llama.cpp" -B "$W/peers/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_CURL=OFF > "$W/peers-cmake.log" 2>&1
+  (cmake --build "$W/build" -j 8 > "$W/hearth-build.log" 2>&1; echo $? > "$W/hearth-build.rc") &
+  (cmake --build "$W/peers/build" -j 8 --target llama-bench llama-batched-bench llama-server \
+    > "$W/peers-build.log" 2>&1; echo $? > "$W/peers-build.rc") &
+  # Random-weight llama shapes with SmolLM2's 49k vocabulary, meanwhile.
+  python3 -m pip install -q --no-deps --target "$W/site" "$KIT"/gguf-*.whl
+  PYTHONPATH="$W/site" python3 "$KIT/mkmodel.py" "$KIT/vocab.gguf" "$W/8b-f16.gguf" 8b
+  wait
+  tail -3 "$W/hearth-build.log" "$W/peers-build.log"
+  [[ $(cat "$W/hearth-build.rc") == 0 && $(cat "$W/peers-build.rc") == 0 ]]
+  gcc -O2 -o "$W/quantize" "$KIT/quantize.c" -I "$W/llama.cpp/include" \
+    -I "$W/llama.cpp/ggml/include" -L "$W/build/bin" -lllama -Wl,-rpath,"$W/build/bin"
+  "$W/quantize" "$W/8b-f16.gguf" "$W/8b-q4km.gguf" > "$W/quantize.log" 2>&1
+  rm -f "$W/8b-f16.gguf"
+  ls -la "$W"/*.gguf
+  LD_LIBRARY_PATH="$W/build/bin" ldd "$KIT/hearth" | grep -E "llama|ggml|mtmd|cuda" | tee "$OUT/ldd.txt"
+}
+
+bench() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model="$W/8b-q4km.gguf" hearth="$KIT/hearth" peers="$W/peers/build/bin"
+  {
+    echo "## llama-bench tg128, pp512"
+    "$peers/llama-bench" -m "$model" -ngl 99 -p 512 -n 128 -r 3
+    echo "## llama-batched-bench, 1/8/32 sequences, 128 prompt + 128 generated each"
+    "$peers/llama-batched-bench" -m "$model" -ngl 99 -c 16384 -b 2048 -ub 512 \
+      -npp 128 -ntg 128 -npl 1,8,32
+    echo "## hearth bench (engine), --gpu-layers auto"
+    "$hearth" bench --model "$model" --prompt-tokens 512 --gen-tokens 128 \
+      --concurrency 1,8,32 --repeat 3
+  } 2>&1 | tee "$OUT/engine.txt"
+}
+
+# Through HTTP: the same model, 64 slots of 512 tokens each, streams of 128 tokens with
+# end-of-generation banned (SmolLM2's 0, 1, 2), 1 / 32 / 64 at once.
+http() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model="$W/8b-q4km.gguf" peers="$W/peers/build/bin" n
+  wait_up() { for _ in $(seq 120); do curl -sf "$1" > /dev/null && return 0; sleep 1; done; return 1; }
+  {
+    echo "## hearth serve"
+    "$KIT/hearth" serve --port 18080 --model "bench=$model" --parallel 64 --ctx-size 512 \
+      --preload > "$W/hearth-serve.log" 2>&1 &
+    local pid=$!
+    wait_up http://127.0.0.1:18080/health/ready
+    curl -s http://127.0.0.1:18080/v1/models
+    for n in 1 32 64; do python3 "$KIT/stream-bench.py" http://127.0.0.1:18080 bench $n 128 0,1,2; done
+    curl -s http://127.0.0.1:18080/health/ready | head -c 2000; echo
+    curl -s http://127.0.0.1:18080/metrics | grep -E "^hearth:(gpu|model_vram)"
+    kill $pid; wait $pid || true
+    echo "## llama-server"
+    "$peers/llama-server" -m "$model" -ngl 99 -np 64 -c 32768 --port 18081 \
+      > "$W/llama-server.log" 2>&1 &
+    pid=$!
+    wait_up http://127.0.0.1:18081/health
+    for n in 1 32 64; do python3 "$KIT/stream-bench.py" http://127.0.0.1:18081 bench $n 128 0,1,2; done
+    kill $pid; wait $pid || true
+  } 2>&1 | tee "$OUT/http.txt"
+}
+
+"$@"
