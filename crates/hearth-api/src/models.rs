@@ -23,4 +23,15 @@ pub struct ModelCard {
     /// with a vision projector (chat messages may then hold images).
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// hearth extension: where a loaded model's layers went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<ModelPlacement>,
+}
+
+/// Layers on GPUs, of all of them, and the GPU memory the model's worker took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelPlacement {
+    pub gpu_layers: u32,
+    pub layers: u32,
+    pub vram_bytes: u64,
 }

@@ -3,18 +3,17 @@
 //! One OS thread owns the llama.cpp context and runs the scheduler; callers talk to it
 //! through a command channel and get events back through a sink of their choosing.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use serde::Serialize;
 
 use crate::backend::backend;
 use crate::error::{EngineError, Result};
 use crate::exec::LlamaBackend;
 use crate::model::Model;
+use crate::placement::{CacheType, ContextShape};
 use crate::request::{Event, GenerationRequest, RequestId};
 use crate::scheduler::{Command, Scheduler, Submission};
 use crate::stop::MAX_STOP_STRINGS;
@@ -50,6 +49,9 @@ pub struct EngineConfig {
     pub preemption: bool,
     /// Flash attention (see `FlashAttention`).
     pub flash_attention: FlashAttention,
+    /// Element types of the KV cache's keys and values.
+    pub cache_type_k: CacheType,
+    pub cache_type_v: CacheType,
     /// The model's vision projector: prompts may hold images.
     pub projector: Option<Arc<Projector>>,
 }
@@ -73,6 +75,25 @@ pub enum FlashAttention {
     Off,
 }
 
+impl EngineConfig {
+    /// The context this configuration makes: what a model's layers are fitted around.
+    pub fn context_shape(&self) -> ContextShape {
+        ContextShape {
+            n_ctx: self.context_per_slot.saturating_mul(self.parallel as u32),
+            n_batch: self.batch_size,
+            n_seq: self.parallel as u32,
+            // kv_unified is off by default: each sequence gets its own cells, which keeps a
+            // sequence's greedy output identical whether it runs alone or batched. On,
+            // batched decode measured ~15-20% faster here, but outputs then depend on batch
+            // composition.
+            kv_unified: self.kv_unified,
+            flash_attention: self.flash_attention,
+            cache_type_k: self.cache_type_k,
+            cache_type_v: self.cache_type_v,
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -86,6 +107,8 @@ impl Default for EngineConfig {
             prompt_cache_ram: 0,
             preemption: true,
             flash_attention: FlashAttention::Auto,
+            cache_type_k: CacheType::F16,
+            cache_type_v: CacheType::F16,
             projector: None,
         }
     }
@@ -378,27 +401,12 @@ fn run_engine_thread(
     stats: Arc<EngineStats>,
     ready: mpsc::Sender<Result<()>>,
 ) {
-    let total_ctx = config
-        .context_per_slot
-        .saturating_mul(config.parallel as u32);
     let threads = i32::try_from(config.threads.max(1)).unwrap_or(i32::MAX);
-    // kv_unified is off by default: each sequence gets its own cells, which keeps a
-    // sequence's greedy output identical whether it runs alone or batched. On, batched
-    // decode measured ~15-20% faster here, but outputs then depend on batch composition.
-    let flash_attention = match config.flash_attention {
-        FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-        FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-    };
-    let params = LlamaContextParams::default()
-        .with_flash_attention_policy(flash_attention)
-        .with_n_ctx(NonZeroU32::new(total_ctx))
-        .with_n_batch(config.batch_size)
-        .with_n_ubatch(config.batch_size)
-        .with_n_seq_max(config.parallel as u32)
+    let params = config
+        .context_shape()
+        .params()
         .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_kv_unified(config.kv_unified);
+        .with_n_threads_batch(threads);
     let context = match model.llama.new_context(backend(), params) {
         Ok(context) => context,
         Err(e) => {

@@ -17,6 +17,9 @@ pub enum EngineError {
     /// An image that cannot be decoded or read by the projector (a 400 for its request).
     #[error("the image cannot be read: {0}")]
     BadImage(String),
+    /// `--gpu-layers auto` found no placement that fits.
+    #[error("{path} does not fit this machine: {reason}")]
+    DoesNotFit { path: PathBuf, reason: String },
     #[error("could not create an inference context: {0}")]
     ContextFailed(String),
     #[error("the model has no chat template; use a raw completion or supply a template")]

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod gguf;
 mod host_cache;
 mod model;
+pub mod placement;
 mod pyjson;
 mod pyvalue;
 mod request;
@@ -27,7 +28,8 @@ pub use engine::{
     RequestHandle, StatsSnapshot,
 };
 pub use error::{EngineError, Result};
-pub use model::{LoadOptions, Model, ModelInfo};
+pub use model::{LoadOptions, Model, ModelInfo, Offload};
+pub use placement::{CacheType, ContextShape, Device, GpuLayers, Placement, SplitMode};
 pub use request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
 };

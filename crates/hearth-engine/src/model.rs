@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::backend::backend;
 use crate::error::{EngineError, Result};
+use crate::placement::{ContextShape, Placement};
 use crate::structured::GrammarCompiler;
 
 /// GGUF files start with these four bytes.
@@ -45,8 +46,10 @@ pub struct ModelInfo {
 /// Options for loading a model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Layers to offload to a GPU (0 on CPU-only builds).
-    pub gpu_layers: u32,
+    /// Layers to offload and to which GPUs (`auto`: what fits; nothing on CPU-only builds).
+    pub placement: Placement,
+    /// The context the engine will make: what `auto` fits the layers around.
+    pub context: Option<ContextShape>,
     /// Compiled structured-output grammars kept (0 means the default).
     pub grammar_cache_size: usize,
     /// Load the tokenizer and metadata only, no weights: for counting tokens.
@@ -65,6 +68,14 @@ pub struct Model {
     gpu_layers: u32,
 }
 
+/// Where a loaded model's layers went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Offload {
+    /// Layers (of `layers`) on a GPU.
+    pub gpu_layers: u32,
+    pub layers: u32,
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model").field("info", &self.info).finish()
@@ -76,11 +87,18 @@ impl Model {
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
         check_gguf_header(&path)?;
-        let params = LlamaModelParams::default()
-            .with_n_gpu_layers(options.gpu_layers)
-            .with_vocab_only(options.vocab_only);
+        let (params, asked) = if options.vocab_only {
+            let params = LlamaModelParams::default()
+                .with_n_gpu_layers(0)
+                .with_vocab_only(true);
+            (Box::pin(params), 0)
+        } else {
+            crate::placement::model_params(&path, &options.placement, options.context.as_ref())?
+        };
         let llama = LlamaModel::load_from_file(backend(), &path, &params)
             .map_err(|_| EngineError::LoadFailed(path.clone()))?;
+        // llama.cpp offloads the output layer as one more: a count above the blocks means all.
+        let gpu_layers = asked.min(llama.n_layer());
         let pieces = token_pieces(&llama);
         let info = read_info(&llama, path);
         Ok(Model {
@@ -88,7 +106,7 @@ impl Model {
             info,
             pieces,
             grammars: std::sync::OnceLock::new(),
-            gpu_layers: options.gpu_layers,
+            gpu_layers,
             grammar_cache_size: match options.grammar_cache_size {
                 0 => crate::structured::GRAMMAR_CACHE_CAPACITY,
                 n => n,
@@ -96,9 +114,17 @@ impl Model {
         })
     }
 
-    /// Layers asked to be offloaded to a GPU (0: the CPU does everything).
+    /// Layers offloaded to a GPU (0: the CPU does everything).
     pub fn gpu_layers(&self) -> u32 {
         self.gpu_layers
+    }
+
+    /// Where the model's layers went.
+    pub fn offload(&self) -> Offload {
+        Offload {
+            gpu_layers: self.gpu_layers,
+            layers: self.llama.n_layer(),
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {

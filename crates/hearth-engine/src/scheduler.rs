@@ -1045,6 +1045,8 @@ mod tests {
                 prompt_cache_ram: host_bytes,
                 preemption: true,
                 flash_attention: Default::default(),
+                cache_type_k: Default::default(),
+                cache_type_v: Default::default(),
                 projector: None,
             };
             let backend = ScriptedBackend::new(parallel, VOCAB);

@@ -482,6 +482,8 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
             prompt_cache_ram: 0,
             preemption: true,
             flash_attention: Default::default(),
+            cache_type_k: Default::default(),
+            cache_type_v: Default::default(),
             projector: None,
         },
     )

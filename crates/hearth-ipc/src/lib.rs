@@ -11,5 +11,5 @@ pub use codec::{
 };
 pub use media::MediaBytes;
 pub use messages::{
-    image_marker_text, FromWorker, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
+    image_marker_text, FromWorker, GpuMemory, PromptSpec, ToWorker, WorkerReady, WorkerStatus,
 };

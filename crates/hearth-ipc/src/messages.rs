@@ -98,6 +98,25 @@ pub struct WorkerReady {
     /// A vision projector is loaded: chat prompts may hold images.
     #[serde(default)]
     pub vision: bool,
+    /// Layers offloaded to GPUs, of `layers`.
+    #[serde(default)]
+    pub gpu_layers: u32,
+    #[serde(default)]
+    pub layers: u32,
+    /// GPU memory the worker took while loading (the drop in the GPUs' free memory).
+    #[serde(default)]
+    pub vram_bytes: u64,
+}
+
+/// One GPU's memory, as a worker sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuMemory {
+    /// Backend name (`CUDA0`).
+    pub name: String,
+    /// What the driver calls it.
+    pub description: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
 }
 
 fn causal_default() -> bool {
@@ -130,6 +149,9 @@ pub struct WorkerStatus {
     /// Tokens of KV each slot holds (running or cached), by slot.
     #[serde(default)]
     pub slot_tokens: Vec<usize>,
+    /// The GPUs the worker sees, and their memory now.
+    #[serde(default)]
+    pub gpus: Vec<GpuMemory>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -292,6 +292,9 @@ fn from_worker(logprob: BoxedStrategy<f32>) -> impl Strategy<Value = FromWorker>
                         pooling: (slots % 2 == 0).then(|| "mean".to_owned()),
                         causal: size_bytes % 2 == 0,
                         vision: slots % 3 == 0,
+                        gpu_layers: vocab_size % 33,
+                        layers: 32,
+                        vram_bytes: size_bytes / 2,
                     })
                 }
             ),

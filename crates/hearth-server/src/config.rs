@@ -80,7 +80,14 @@ pub struct WorkerSettings {
     pub parallel: usize,
     pub ctx_size: u32,
     pub threads: Option<usize>,
-    pub gpu_layers: u32,
+    /// `auto` or a number of layers (the worker's `--gpu-layers`).
+    pub gpu_layers: String,
+    pub main_gpu: u32,
+    /// `none`, `layer` or `row`.
+    pub split_mode: &'static str,
+    /// KV cache element types (`f16`, `q8_0`, `q4_0`).
+    pub cache_type_k: &'static str,
+    pub cache_type_v: &'static str,
     /// Largest image side a worker decodes (the orchestrator checks headers against it too).
     pub max_image_side: u32,
     pub grammar_cache_size: usize,

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub num_requests_paused: IntGaugeVec,
     pub prompt_cache_host_bytes: IntGaugeVec,
     pub prompt_cache_host_entries: IntGaugeVec,
+    pub gpu_memory_used_bytes: IntGaugeVec,
+    pub gpu_memory_total_bytes: IntGaugeVec,
+    pub model_vram_bytes: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -206,6 +209,21 @@ impl Metrics {
                 "Resident memory of each model's worker process.",
                 &["model"],
             ),
+            gpu_memory_used_bytes: gauge(
+                "hearth:gpu_memory_used_bytes",
+                "Memory in use on each GPU (by every process), as the workers last saw it.",
+                &["device"],
+            ),
+            gpu_memory_total_bytes: gauge(
+                "hearth:gpu_memory_total_bytes",
+                "Memory of each GPU.",
+                &["device"],
+            ),
+            model_vram_bytes: gauge(
+                "hearth:model_vram_bytes",
+                "GPU memory each model's worker took when it loaded (weights, KV cache, buffers).",
+                &["model"],
+            ),
             registry,
         }
     }
@@ -261,6 +279,9 @@ mod tests {
             &m.num_requests_paused,
             &m.prompt_cache_host_bytes,
             &m.prompt_cache_host_entries,
+            &m.gpu_memory_used_bytes,
+            &m.gpu_memory_total_bytes,
+            &m.model_vram_bytes,
         ];
         collectors
             .iter()

@@ -55,6 +55,8 @@ pub struct ModelView {
     pub footprint: Footprint,
     /// It has a vision projector.
     pub vision: bool,
+    /// Where its layers went, while loaded.
+    pub placement: Option<hearth_api::models::ModelPlacement>,
 }
 
 struct Status {
@@ -128,6 +130,13 @@ fn view_of(entry: &ModelEntry) -> ModelView {
         last_restart: status.last_restart.clone(),
         footprint: status.footprint,
         vision: entry.spec.mmproj.is_some(),
+        placement: entry
+            .current_worker()
+            .map(|w| hearth_api::models::ModelPlacement {
+                gpu_layers: w.ready.gpu_layers,
+                layers: w.ready.layers,
+                vram_bytes: w.ready.vram_bytes,
+            }),
     }
 }
 
@@ -295,6 +304,7 @@ impl ModelManager {
                 last_restart: None,
                 footprint: Footprint::default(),
                 vision: false,
+                placement: None,
             }),
         }
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hearth_engine::GpuLayers;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,9 +78,8 @@ pub struct ServeArgs {
     /// CPU threads per worker [default: all logical CPUs]
     #[arg(long, env = "HEARTH_THREADS")]
     pub threads: Option<usize>,
-    /// Layers to offload to the GPU (builds with GPU support only).
-    #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
-    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
     /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
     /// (docs/architecture.md, "Exactness").
@@ -311,6 +311,81 @@ impl PoolingArg {
     }
 }
 
+/// Where models run: the CPU, or GPUs (builds with `--features cuda`, `vulkan` or `metal`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "GPU")]
+pub struct GpuArgs {
+    /// Layers to offload to GPUs: `auto` offloads all that fit in the GPUs' free memory after
+    /// the KV cache (ctx × slots) and compute buffers, leaving 1 GiB (none without a GPU);
+    /// a number offloads that many.
+    #[arg(long, default_value = "auto", env = "HEARTH_GPU_LAYERS")]
+    pub gpu_layers: GpuLayers,
+    /// The GPU that holds everything with `--split-mode none` (and small tensors otherwise).
+    #[arg(long, default_value_t = 0, env = "HEARTH_MAIN_GPU")]
+    pub main_gpu: u32,
+    /// How a model spreads over several GPUs: whole `layer`s in proportion to free memory,
+    /// weight `row`s, or `none` (all on --main-gpu).
+    #[arg(long, value_enum, default_value_t = SplitArg::Layer, env = "HEARTH_SPLIT_MODE")]
+    pub split_mode: SplitArg,
+    /// Element type of the KV cache's keys (`q8_0` halves the cache; `q4_0` quarters it, at
+    /// some quality cost).
+    #[arg(long, value_enum, default_value_t = CacheTypeArg::F16, env = "HEARTH_CACHE_TYPE_K")]
+    pub cache_type_k: CacheTypeArg,
+    /// Element type of the KV cache's values (quantized values need flash attention).
+    #[arg(long, value_enum, default_value_t = CacheTypeArg::F16, env = "HEARTH_CACHE_TYPE_V")]
+    pub cache_type_v: CacheTypeArg,
+}
+
+impl GpuArgs {
+    pub fn placement(&self) -> hearth_engine::Placement {
+        hearth_engine::Placement {
+            gpu_layers: self.gpu_layers,
+            main_gpu: self.main_gpu,
+            split_mode: self.split_mode.engine(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    None,
+    Layer,
+    Row,
+}
+
+impl SplitArg {
+    pub fn engine(self) -> hearth_engine::SplitMode {
+        match self {
+            SplitArg::None => hearth_engine::SplitMode::None,
+            SplitArg::Layer => hearth_engine::SplitMode::Layer,
+            SplitArg::Row => hearth_engine::SplitMode::Row,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheTypeArg {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl CacheTypeArg {
+    pub fn engine(self) -> hearth_engine::CacheType {
+        match self {
+            CacheTypeArg::F16 => hearth_engine::CacheType::F16,
+            CacheTypeArg::Q8_0 => hearth_engine::CacheType::Q8_0,
+            CacheTypeArg::Q4_0 => hearth_engine::CacheType::Q4_0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.engine().as_str()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FlashAttn {
     Auto,
@@ -412,8 +487,16 @@ pub struct WorkerArgs {
     pub ctx_size: u32,
     #[arg(long)]
     pub threads: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    pub gpu_layers: GpuLayers,
     #[arg(long, default_value_t = 0)]
-    pub gpu_layers: u32,
+    pub main_gpu: u32,
+    #[arg(long, value_enum, default_value_t = SplitArg::Layer)]
+    pub split_mode: SplitArg,
+    #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]
+    pub cache_type_k: CacheTypeArg,
+    #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]
+    pub cache_type_v: CacheTypeArg,
     #[arg(long, default_value_t = 10)]
     pub grammar_cache_size: usize,
     #[arg(long)]
@@ -456,9 +539,8 @@ pub struct EngineArgs {
     /// Context tokens per sequence (prompt plus reply).
     #[arg(long, default_value_t = 4096, env = "HEARTH_CTX_SIZE")]
     pub ctx_size: u32,
-    /// Layers to offload to the GPU (builds with GPU support only).
-    #[arg(long, default_value_t = 0, env = "HEARTH_GPU_LAYERS")]
-    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
     /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
     /// (docs/architecture.md, "Exactness").

@@ -42,6 +42,13 @@ pub fn measure(
         ])
         .arg("--threads")
         .arg(threads.to_string())
+        // The engine measurement's placement, so both rows measure the same device.
+        .arg("--gpu-layers")
+        .arg(args.engine.gpu.gpu_layers.to_string())
+        .arg("--main-gpu")
+        .arg(args.engine.gpu.main_gpu.to_string())
+        .arg("--flash-attn")
+        .arg(args.engine.flash_attn.as_str())
         .arg("--model")
         .arg(format!("bench={}", model.display()))
         .stdout(Stdio::null())

@@ -43,10 +43,22 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// one prompt must not, or it measures the cache instead of prefill).
 pub fn start_engine(args: &EngineArgs, parallel: usize, prompt_cache: bool) -> Result<Engine> {
     let path = model_path::resolve(args.model.clone());
+    let config = EngineConfig {
+        parallel,
+        context_per_slot: args.ctx_size,
+        threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
+        kv_unified: args.kv_unified,
+        flash_attention: args.flash_attn.engine(),
+        cache_type_k: args.gpu.cache_type_k.engine(),
+        cache_type_v: args.gpu.cache_type_v.engine(),
+        prompt_cache,
+        ..EngineConfig::default()
+    };
     let model = Model::load(
         &path,
         &LoadOptions {
-            gpu_layers: args.gpu_layers,
+            placement: args.gpu.placement(),
+            context: Some(config.context_shape()),
             ..LoadOptions::default()
         },
     )
@@ -57,15 +69,6 @@ pub fn start_engine(args: &EngineArgs, parallel: usize, prompt_cache: bool) -> R
             format!("loading {}", path.display())
         }
     })?;
-    let config = EngineConfig {
-        parallel,
-        context_per_slot: args.ctx_size,
-        threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
-        kv_unified: args.kv_unified,
-        flash_attention: args.flash_attn.engine(),
-        prompt_cache,
-        ..EngineConfig::default()
-    };
     Ok(Engine::start(Arc::new(model), config)?)
 }
 

@@ -17,13 +17,13 @@ use hearth_engine::tools::{
 };
 use hearth_engine::{
     model_chat_template, ChatTemplate, Engine, EngineConfig, EngineError, Event, FinishReason,
-    GeneratedToken, GenerationRequest, ImageLimits, LoadOptions, Model, OutputFormat,
+    GeneratedToken, GenerationRequest, ImageLimits, LoadOptions, Model, OutputFormat, Placement,
     PreparedRequest, Projector, PromptMedia, RequestId, SamplingParams, TemplateInput,
 };
 use hearth_ipc::media::{claim_fds, FdReceiver};
 use hearth_ipc::{
-    image_marker_text, read_frame, write_frame, FromWorker, Incoming, MediaBytes, PromptSpec,
-    ToWorker, WorkerReady, WorkerStatus,
+    image_marker_text, read_frame, write_frame, FromWorker, GpuMemory, Incoming, MediaBytes,
+    PromptSpec, ToWorker, WorkerReady, WorkerStatus,
 };
 
 use crate::cli::WorkerArgs;
@@ -45,7 +45,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("connecting to {}", args.socket.display()))?;
     let outbox: Outbox = Arc::new(Mutex::new(stream.try_clone()?));
-    let (model, engine, projector) = match load(&args) {
+    let (model, engine, projector, vram_bytes) = match load(&args) {
         Ok(loaded) => loaded,
         Err(e) => {
             send(
@@ -75,6 +75,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
             pooling: info.pooling.clone(),
             causal: info.causal,
             vision: projector.is_some(),
+            gpu_layers: model.offload().gpu_layers,
+            layers: model.offload().layers,
+            vram_bytes,
         }),
     );
     let embed_config = EmbedConfig {
@@ -216,21 +219,38 @@ fn ignore_interrupts() {
 }
 
 /// What a worker serves with: the model, its engine unless only its vocabulary was loaded
-/// (`--vocab-only`), and its vision projector if it has one.
-type Loaded = (Arc<Model>, Option<Engine>, Option<Arc<Projector>>);
+/// (`--vocab-only`), its vision projector if it has one, and the GPU memory it took.
+type Loaded = (Arc<Model>, Option<Engine>, Option<Arc<Projector>>, u64);
 
 fn load(args: &WorkerArgs) -> Result<Loaded> {
+    let config = engine_config(args);
+    if args.vocab_only {
+        // No device is touched: querying a GPU's memory would create a CUDA context (hundreds
+        // of MB of VRAM) in a process that only counts tokens.
+        let model = Model::load(
+            &args.model,
+            &LoadOptions {
+                grammar_cache_size: args.grammar_cache_size,
+                vocab_only: true,
+                ..LoadOptions::default()
+            },
+        )?;
+        return Ok((Arc::new(model), None, None, 0));
+    }
+    let free_before = gpu_free_bytes();
     let model = Arc::new(Model::load(
         &args.model,
         &LoadOptions {
-            gpu_layers: args.gpu_layers,
+            placement: Placement {
+                gpu_layers: args.gpu_layers,
+                main_gpu: args.main_gpu,
+                split_mode: args.split_mode.engine(),
+            },
+            context: Some(config.context_shape()),
             grammar_cache_size: args.grammar_cache_size,
-            vocab_only: args.vocab_only,
+            vocab_only: false,
         },
     )?);
-    if args.vocab_only {
-        return Ok((model, None, None));
-    }
     let threads = args.threads.unwrap_or_else(hearth_engine::default_threads);
     let projector = match &args.mmproj {
         Some(path) => Some(Arc::new(Projector::load(
@@ -245,6 +265,19 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
         None => None,
     };
     let config = EngineConfig {
+        projector: projector.clone(),
+        ..config
+    };
+    let engine = Engine::start(model.clone(), config)?;
+    // Measured, not estimated: what the GPUs lost while the weights, KV cache, compute
+    // buffers and projector were allocated (another process allocating at the same time
+    // would be counted too).
+    let vram = free_before.saturating_sub(gpu_free_bytes());
+    Ok((model, Some(engine), projector, vram))
+}
+
+fn engine_config(args: &WorkerArgs) -> EngineConfig {
+    EngineConfig {
         parallel: args.parallel,
         context_per_slot: args.ctx_size,
         threads: args.threads.unwrap_or_else(hearth_engine::default_threads),
@@ -253,12 +286,36 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
         prompt_cache_ram: args.prompt_cache_ram << 20,
         preemption: !args.no_preemption,
         flash_attention: args.flash_attn.engine(),
+        cache_type_k: args.cache_type_k.engine(),
+        cache_type_v: args.cache_type_v.engine(),
         cpu_gate: args.cpu_gate.clone(),
-        projector: projector.clone(),
         ..EngineConfig::default()
-    };
-    let engine = Engine::start(model.clone(), config)?;
-    Ok((model, Some(engine), projector))
+    }
+}
+
+/// Free memory over all GPUs (0 without any).
+fn gpu_free_bytes() -> u64 {
+    hearth_engine::placement::gpus()
+        .iter()
+        .map(|g| g.free_bytes)
+        .sum()
+}
+
+/// The GPUs' memory now, for pongs (none in a vocabulary-only worker, which must not touch
+/// a device).
+fn gpu_memory(engine: Option<&Engine>) -> Vec<GpuMemory> {
+    if engine.is_none() {
+        return Vec::new();
+    }
+    hearth_engine::placement::gpus()
+        .into_iter()
+        .map(|g| GpuMemory {
+            name: g.name,
+            description: g.description,
+            total_bytes: g.total_bytes,
+            free_bytes: g.free_bytes,
+        })
+        .collect()
 }
 
 /// `ps` and `top` show the worker as `hearth-worker-<model>` (argv[0] is set by the parent;
@@ -911,6 +968,7 @@ impl Worker {
                     host_cache_bytes: stats.host_cache_bytes,
                     host_cache_entries: stats.host_cache_entries,
                     slot_tokens: stats.slot_tokens,
+                    gpus: gpu_memory(self.engine.as_ref()),
                 },
             },
         );

@@ -85,6 +85,8 @@ fn completions_equal_the_engines_greedy_output() {
             prompt_cache_ram: 0,
             preemption: true,
             flash_attention: Default::default(),
+            cache_type_k: Default::default(),
+            cache_type_v: Default::default(),
             projector: None,
         },
     )

@@ -58,6 +58,8 @@ pub fn engine_configured(
             prompt_cache_ram: 64 << 20,
             preemption: true,
             flash_attention,
+            cache_type_k: Default::default(),
+            cache_type_v: Default::default(),
             projector: None,
         },
     )

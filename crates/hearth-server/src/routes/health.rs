@@ -57,6 +57,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 entry["waiting"] = json!(status.waiting);
                 entry["slots"] = json!(status.slots);
                 entry["context_per_slot"] = json!(worker.ready.context_per_slot);
+                entry["placement"] = json!({
+                    "gpu_layers": worker.ready.gpu_layers,
+                    "layers": worker.ready.layers,
+                    "vram_bytes": worker.ready.vram_bytes,
+                });
+                if !status.gpus.is_empty() {
+                    entry["gpus"] = json!(status.gpus);
+                }
                 entry["kv_used"] = json!(status.kv_used);
                 entry["kv_capacity"] = json!(status.kv_capacity);
                 entry["grammars_compiled"] = json!(status.grammars_compiled);

@@ -42,6 +42,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .kv_cache_usage
                 .with_label_values(&[model])
                 .set(usage);
+            for gpu in &status.gpus {
+                let device = format!("{} {}", gpu.name, gpu.description);
+                metrics
+                    .gpu_memory_used_bytes
+                    .with_label_values(&[&device])
+                    .set(gpu.total_bytes.saturating_sub(gpu.free_bytes) as i64);
+                metrics
+                    .gpu_memory_total_bytes
+                    .with_label_values(&[&device])
+                    .set(gpu.total_bytes as i64);
+            }
             for (gauge, value) in [
                 (&metrics.num_requests_paused, status.paused),
                 (&metrics.prompt_cache_host_bytes, status.host_cache_bytes),
@@ -53,6 +64,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 gauge.with_label_values(&[model]).set(value as i64);
             }
         }
+        metrics
+            .model_vram_bytes
+            .with_label_values(&[model])
+            .set(worker.ready.vram_bytes as i64);
         if let Some(bytes) = resident_bytes(worker.pid) {
             metrics
                 .worker_memory_bytes

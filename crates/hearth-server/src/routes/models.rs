@@ -26,6 +26,7 @@ fn card(view: ModelView) -> ModelCard {
             .chain(view.vision.then_some("vision"))
             .map(str::to_owned)
             .collect(),
+        placement: view.placement,
     }
 }
 
