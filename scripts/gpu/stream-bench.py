@@ -19,6 +19,13 @@ url = urllib.parse.urlparse(base)
 
 
 def one(i, results):
+    try:
+        stream(i, results)
+    except Exception as e:  # a killed worker ends streams mid-way: count, don't crash
+        results[i] = (None, 0.0, 0, repr(e))
+
+
+def stream(i, results):
     body = {
         "model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
         "messages": [{"role": "user", "content": f"Stream {i}: write a long story about the sea."}],
@@ -39,7 +46,8 @@ def one(i, results):
             chunks += 1
             if first is None:
                 first = time.perf_counter() - started
-    results[i] = (first, time.perf_counter() - started, chunks)
+    status = None if response.status == 200 else f"HTTP {response.status}"
+    results[i] = (first, time.perf_counter() - started, chunks, status)
 
 
 results = [None] * streams
@@ -52,6 +60,9 @@ for t in threads:
 wall = time.perf_counter() - t0
 # Each content chunk is one token (both servers stream a token per chunk).
 tokens = sum(r[2] for r in results)
-ttft = statistics.median(r[0] for r in results if r[0] is not None)
+firsts = [r[0] for r in results if r[0] is not None]
+ttft = statistics.median(firsts) if firsts else float("nan")
+errors = [r[3] for r in results if r[3]]
 print(json.dumps({"streams": streams, "tokens": tokens, "wall_s": round(wall, 2),
-                  "aggregate_tok_s": round(tokens / wall, 1), "median_ttft_ms": round(ttft * 1000, 1)}))
+                  "aggregate_tok_s": round(tokens / wall, 1), "median_ttft_ms": round(ttft * 1000, 1),
+                  "errors": errors[:3], "failed": len(errors)}))

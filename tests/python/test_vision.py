@@ -359,6 +359,8 @@ def test_models_list_capabilities_and_other_apis_carry_images(vision):
     cards = {m["id"]: m for m in httpx.get(f"{vision.base_url}/models").json()["data"]}
     assert "vision" in cards["smol"]["capabilities"]
     assert "vision" not in cards["plain"]["capabilities"]
+    # Loaded on the CPU: no layer on a GPU, none of its memory taken.
+    assert cards["smol"]["placement"] == {"gpu_layers": 0, "layers": 30, "vram_bytes": 0}
     b64 = base64.b64encode(PNG).decode()
     anthropic = httpx.post(f"{vision.base_url}/messages", timeout=60, json={
         "model": "smol", "max_tokens": 8,
