@@ -16,9 +16,9 @@ build() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
   tar xJf "$KIT/hearth-llama.tar.xz" -C "$W"
   mkdir -p "$W/peers" && tar xJf "$KIT/peers-llama.tar.xz" -C "$W/peers"
-  # hearth's libraries: shared, with mtmd (its vision library), no tools.
+  # hearth's libraries: shared, with common (llama.cpp's fit) and mtmd (vision), no tools.
   cmake -S "$W/llama.cpp" -B "$W/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
+    -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_CURL=OFF > "$W/hearth-cmake.log" 2>&1
   # The peers: static, same CUDA flags.
