@@ -19,7 +19,7 @@ build() {
   # hearth's libraries: shared, with common (llama.cpp's fit) and mtmd (vision), no tools.
   cmake -S "$W/llama.cpp" -B "$W/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_CURL=OFF > "$W/hearth-cmake.log" 2>&1
   # The peers: static, same CUDA flags.
   cmake -S "$W/peers/llama.cpp" -B "$W/peers/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=OFF \
