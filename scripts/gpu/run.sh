@@ -32,7 +32,7 @@ build() {
   python3 -m pip install -q --no-deps --target "$W/site" "$KIT"/gguf-*.whl
   PYTHONPATH="$W/site" python3 "$KIT/mkmodel.py" "$KIT/vocab.gguf" "$W/8b-f16.gguf" 8b
   wait
-  tail -3 "$W/hearth-build.log" "$W/peers-build.log"
+  tail -n 3 "$W/hearth-build.log" "$W/peers-build.log"
   [[ $(cat "$W/hearth-build.rc") == 0 && $(cat "$W/peers-build.rc") == 0 ]]
   gcc -O2 -o "$W/quantize" "$KIT/quantize.c" -I "$W/llama.cpp/include" \
     -I "$W/llama.cpp/ggml/include" -L "$W/build/bin" -lllama -Wl,-rpath,"$W/build/bin"
