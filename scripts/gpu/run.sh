@@ -74,13 +74,14 @@ http() {
     curl -s http://127.0.0.1:18080/health/ready | head -c 2000; echo
     curl -s http://127.0.0.1:18080/metrics | grep -E "^hearth:(gpu|model_vram)"
     echo "## a worker killed mid-stream frees its VRAM; the next request is served"
-    python3 "$KIT/stream-bench.py" http://127.0.0.1:18080 bench 4 2000 0,1,2 &
-    sleep 3
+    python3 "$KIT/stream-bench.py" http://127.0.0.1:18080 bench 4 300 0,1,2 &
+    local streams=$!
+    sleep 1
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     pkill -9 -f hearth-worker-bench || true
     sleep 3
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
-    wait || true
+    wait $streams || true
     python3 "$KIT/stream-bench.py" http://127.0.0.1:18080 bench 1 16 0,1,2
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     curl -s http://127.0.0.1:18080/metrics | grep -E "^hearth:worker_restarts"
