@@ -275,16 +275,24 @@ def test_a_request_too_large_to_send_inline_fails_alone(inline_vision, image_hos
 
 
 def test_images_held_by_waiting_requests_are_bounded():
-    s = Server("--mmproj", f"smol={MMPROJ}", "--max-image-memory", "100KB",
+    s = Server("--mmproj", f"smol={MMPROJ}", "--max-image-memory", "150KB",
                models=(f"smol={MODEL}",), parallel=1)
     try:
         padded = PNG + b"\0" * 60_000
         ok(chat(s, ask(image_part(data_url(padded)))))
-        busy = chat(s, ask(image_part(data_url(padded)), image_part(data_url(padded))))
-        assert busy.status_code == 503, busy.text
-        assert busy.headers.get("retry-after") == "1"
-        # What the first request held was given back.
-        ok(chat(s, ask(image_part(data_url(padded)))))
+        # Over the whole budget on its own: waiting would not help.
+        alone = chat(s, ask(*[image_part(data_url(padded))] * 3))
+        assert alone.status_code == 413, alone.text
+        # Under it, but not beside a running request that holds its own images.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(chat, s, ask(image_part(data_url(padded))), max_tokens=300)
+            time.sleep(1.0)
+            busy = chat(s, ask(image_part(data_url(padded)), image_part(data_url(padded))))
+            assert busy.status_code == 503, busy.text
+            assert busy.headers.get("retry-after") == "1"
+            ok(running.result())
+        # What the requests held was given back.
+        ok(chat(s, ask(image_part(data_url(padded)), image_part(data_url(padded)))))
     finally:
         s.stop()
 

@@ -98,7 +98,12 @@ impl Model {
         let llama = LlamaModel::load_from_file(backend(), &path, &params)
             .map_err(|_| EngineError::LoadFailed(path.clone()))?;
         // llama.cpp offloads the output layer as one more: a count above the blocks means all.
-        let gpu_layers = asked.min(llama.n_layer());
+        // Without a GPU a count offloads nothing.
+        let gpu_layers = if asked == 0 || crate::placement::gpus().is_empty() {
+            0
+        } else {
+            asked.min(llama.n_layer())
+        };
         let pieces = token_pieces(&llama);
         let info = read_info(&llama, path);
         Ok(Model {

@@ -145,6 +145,9 @@ pub struct Placement {
     /// The GPU that holds everything with `SplitMode::None`, and the small tensors otherwise.
     pub main_gpu: u32,
     pub split_mode: SplitMode,
+    /// GPU memory to leave free on the main GPU for what loads after the model (a vision
+    /// projector and its encoder's buffers), on top of the margin.
+    pub reserve_bytes: usize,
 }
 
 /// The context the engine will make, for fitting the model around it.
@@ -240,7 +243,7 @@ pub(crate) fn model_params(
         .with_split_mode(placement.split_mode.llama());
     match (placement.gpu_layers, shape) {
         (GpuLayers::Count(n), _) => Ok((Box::pin(base.with_n_gpu_layers(n)), n)),
-        (GpuLayers::Auto, Some(shape)) if !gpus().is_empty() => fit(path, base, shape),
+        (GpuLayers::Auto, Some(shape)) if !gpus().is_empty() => fit(path, base, shape, placement),
         (GpuLayers::Auto, _) => Ok((Box::pin(base.with_n_gpu_layers(0)), 0)),
     }
 }
@@ -249,6 +252,7 @@ fn fit(
     path: &Path,
     base: LlamaModelParams,
     shape: &ContextShape,
+    placement: &Placement,
 ) -> Result<(Pin<Box<LlamaModelParams>>, u32)> {
     let mut params = Box::pin(base);
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
@@ -261,6 +265,9 @@ fn fit(
     // SAFETY: a plain query of a constant.
     let max_devices = unsafe { llama_cpp_sys_2::llama_max_devices() };
     let mut margins = vec![FIT_MARGIN_BYTES; max_devices];
+    if let Some(main) = margins.get_mut(placement.main_gpu as usize) {
+        *main += placement.reserve_bytes;
+    }
     params
         .as_mut()
         .fit_params(

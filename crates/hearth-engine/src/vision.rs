@@ -238,7 +238,9 @@ fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<image::RgbImage> {
     let mut bounds = image::Limits::default();
     bounds.max_image_width = Some(limits.max_side);
     bounds.max_image_height = Some(limits.max_side);
-    bounds.max_alloc = Some(limits.max_alloc);
+    // Room for the largest image allowed as RGBA16 (a larger --max-image-side raises it).
+    let side = u64::from(limits.max_side);
+    bounds.max_alloc = Some(limits.max_alloc.max(side * side * 8 + (32 << 20)));
     reader.limits(bounds);
     let decoded = reader
         .decode()

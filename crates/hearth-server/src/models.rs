@@ -653,12 +653,12 @@ impl ModelManager {
         Ok(self.counter(id).await?.ready.causal)
     }
 
-    /// Context tokens per sequence of a model's worker.
     /// Whether a model reads images (it has a vision projector).
     pub fn has_vision(&self, id: &str) -> Result<bool, ApiError> {
         Ok(self.entry(id)?.spec.mmproj.is_some())
     }
 
+    /// Context tokens per sequence of a model's worker.
     pub fn context_per_slot(&self, id: &str) -> Result<usize, ApiError> {
         Ok(self.entry(id)?.settings.ctx_size as usize)
     }

@@ -90,6 +90,20 @@ pub async fn load(
         images.push(image.bytes);
     }
     let bytes: usize = images.iter().map(Vec::len).sum();
+    if bytes > config.max_bytes_in_flight {
+        // Waiting would not help: it is over the whole budget on its own.
+        return Err(ApiError::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!(
+                "this request's images are {bytes} bytes, more than the {} the server holds \
+                 for all requests together (--max-image-memory)",
+                config.max_bytes_in_flight
+            ),
+        )
+        .with_param(Some("messages")));
+    }
     let held = Held(bytes);
     if IN_FLIGHT.fetch_add(bytes, Ordering::Relaxed) + bytes > config.max_bytes_in_flight {
         return Err(memory_busy());

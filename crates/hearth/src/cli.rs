@@ -342,6 +342,7 @@ impl GpuArgs {
             gpu_layers: self.gpu_layers,
             main_gpu: self.main_gpu,
             split_mode: self.split_mode.engine(),
+            reserve_bytes: 0,
         }
     }
 }

@@ -229,6 +229,11 @@ fn media_config(args: &MediaArgs) -> Result<MediaConfig> {
     if max_image_bytes == 0 || args.max_images == 0 || args.max_image_side == 0 {
         anyhow::bail!("--max-images, --max-image-bytes and --max-image-side must be positive");
     }
+    // A request's images travel as descriptors beside one frame, read in one recvmsg.
+    let most = hearth_ipc::media::MAX_FDS_PER_READ;
+    if args.max_images > most {
+        anyhow::bail!("--max-images may be at most {most}");
+    }
     if let Some(dir) = args.allowed_media_dir.as_ref().filter(|d| !d.is_dir()) {
         anyhow::bail!("--allowed-media-dir {} is not a directory", dir.display());
     }

@@ -237,7 +237,9 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
         )?;
         return Ok((Arc::new(model), None, None, 0));
     }
-    let free_before = gpu_free_bytes();
+    // Asking a GPU for its free memory creates a CUDA context on it: not for a CPU-only run.
+    let on_gpu = args.gpu_layers != hearth_engine::GpuLayers::Count(0);
+    let free_before = if on_gpu { gpu_free_bytes() } else { 0 };
     let model = Arc::new(Model::load(
         &args.model,
         &LoadOptions {
@@ -245,6 +247,11 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
                 gpu_layers: args.gpu_layers,
                 main_gpu: args.main_gpu,
                 split_mode: args.split_mode.engine(),
+                // The projector loads after the model fits: leave it its file and 512 MiB of
+                // encoder buffers.
+                reserve_bytes: args.mmproj.as_ref().map_or(0, |p| {
+                    std::fs::metadata(p).map_or(0, |m| m.len() as usize) + (512 << 20)
+                }),
             },
             context: Some(config.context_shape()),
             grammar_cache_size: args.grammar_cache_size,
@@ -272,7 +279,11 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
     // Measured, not estimated: what the GPUs lost while the weights, KV cache, compute
     // buffers and projector were allocated (another process allocating at the same time
     // would be counted too).
-    let vram = free_before.saturating_sub(gpu_free_bytes());
+    let vram = if model.gpu_layers() > 0 {
+        free_before.saturating_sub(gpu_free_bytes())
+    } else {
+        0
+    };
     Ok((model, Some(engine), projector, vram))
 }
 
@@ -304,7 +315,8 @@ fn gpu_free_bytes() -> u64 {
 /// The GPUs' memory now, for pongs (none in a vocabulary-only worker, which must not touch
 /// a device).
 fn gpu_memory(engine: Option<&Engine>) -> Vec<GpuMemory> {
-    if engine.is_none() {
+    // Nothing offloaded (or only counting tokens): the devices are not ours to wake.
+    if engine.is_none_or(|e| e.model().gpu_layers() == 0) {
         return Vec::new();
     }
     hearth_engine::placement::gpus()

@@ -108,19 +108,19 @@ pub async fn load_image(url: &str, policy: &MediaPolicy) -> Result<LoadedImage, 
     // many run at once, so slow servers cannot take the whole blocking pool and starve
     // everything else on it (data: URLs, files, other clients' fetches). Waiting for a turn
     // counts against the image's own deadline, and says so.
-    let scheme = url
-        .trim()
-        .split_once(':')
-        .map(|(s, _)| s.to_ascii_lowercase());
-    let _turn = match scheme.as_deref() {
-        Some("http" | "https") => {
-            match tokio::time::timeout(policy.total_timeout, FETCHES.acquire()).await {
-                Ok(Ok(permit)) => Some(permit),
-                Ok(Err(_)) => return Err(MediaError::Internal("fetch limiter closed".into())),
-                Err(_) => return Err(MediaError::Busy),
-            }
+    // Anything that is not plainly local takes a turn (the URL parser forgives stray control
+    // characters and whitespace, so this decides conservatively).
+    let start = url.trim_start_matches(|c: char| c.is_ascii_control() || c == ' ');
+    let head = start.get(..5).unwrap_or(start).to_ascii_lowercase();
+    let local = head.starts_with("data:") || head.starts_with("file:") || start.starts_with('/');
+    let _turn = if local {
+        None
+    } else {
+        match tokio::time::timeout(policy.total_timeout, FETCHES.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) => return Err(MediaError::Internal("fetch limiter closed".into())),
+            Err(_) => return Err(MediaError::Busy),
         }
-        _ => None,
     };
     let remaining = policy.total_timeout.saturating_sub(started.elapsed());
     let owned_url = url.to_owned();
