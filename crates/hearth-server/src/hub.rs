@@ -192,31 +192,34 @@ pub fn offline() -> bool {
         .unwrap_or(false)
 }
 
-/// The vision projector cached with `reference`'s model, if its repository has one there.
-pub fn find_cached_projector(cache: &Path, reference: &HubRef) -> Option<PathBuf> {
+/// The cached snapshot of `reference`'s repository (its `main` revision) and the files in it,
+/// sorted; `None` when the repository is not in the cache.
+fn cached_snapshot(cache: &Path, reference: &HubRef) -> Option<(PathBuf, Vec<String>)> {
     let repo_dir = cache.join(reference.folder());
     let revision = std::fs::read_to_string(repo_dir.join("refs").join("main")).ok()?;
     let snapshot = repo_dir.join("snapshots").join(revision.trim());
     let mut files = Vec::new();
     list_files(&snapshot, &snapshot, &mut files);
+    files.sort();
+    Some((snapshot, files))
+}
+
+/// The vision projector cached with `reference`'s model, if its repository has one there.
+pub fn find_cached_projector(cache: &Path, reference: &HubRef) -> Option<PathBuf> {
+    let (snapshot, files) = cached_snapshot(cache, reference)?;
     let path = snapshot.join(reference.pick_projector(&files)?);
     path.is_file().then_some(path)
 }
 
 /// The file for `reference` in the cache at `cache`, without touching the network.
 pub fn find_cached(cache: &Path, reference: &HubRef) -> Result<PathBuf, String> {
-    let repo_dir = cache.join(reference.folder());
-    let revision = std::fs::read_to_string(repo_dir.join("refs").join("main")).map_err(|_| {
+    let (snapshot, files) = cached_snapshot(cache, reference).ok_or_else(|| {
         format!(
             "{} is not in the Hugging Face cache at {}",
             reference.repo,
             cache.display()
         )
     })?;
-    let snapshot = repo_dir.join("snapshots").join(revision.trim());
-    let mut files = Vec::new();
-    list_files(&snapshot, &snapshot, &mut files);
-    files.sort();
     let file = reference.pick(&files)?;
     let path = snapshot.join(file);
     // Snapshot entries are links into blobs/: a dangling one is an incomplete download.
