@@ -16,6 +16,8 @@ Workloads (`--only a,b,d`):
        3 rounds of the same 8 prompts (`--b-append`: each round appends the previous answer and
        a follow-up); per round the median TTFT, the aggregate decode rate (completion tokens /
        wall time of the round) and the median per-stream decode rate after the first token.
+       End-of-turn tokens are banned (`--b-ban`), so every stream on every server generates
+       exactly max_tokens: the servers decode the same work.
     d  priority: 8 `X-Priority: low` streams (max_tokens 400) fill every slot; 1 s after all of
        them got their first token, one `X-Priority: high` request (short prompt, max_tokens 16);
        its TTFT against the same on an idle server. llama-server gets the same requests (it
@@ -120,7 +122,7 @@ LOW_D = [
 HIGH_D = "What is the capital of {}? Answer in one word."
 
 
-def stream(client, messages, max_tokens, headers=None, stop=None, started=None):
+def stream(client, messages, max_tokens, headers=None, stop=None, started=None, ban=None):
     """Stream one chat completion; times (perf_counter) and token counts.
 
     completion tokens come from the usage chunk when the server sends one, else from the
@@ -131,7 +133,8 @@ def stream(client, messages, max_tokens, headers=None, stop=None, started=None):
     parts, usage, chunks = [], None, 0
     response = client.chat.completions.create(
         model="m", messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_headers=headers or {})
+        stream_options={"include_usage": True}, extra_headers=headers or {},
+        **({"logit_bias": {str(t): -100 for t in ban}} if ban else {}))
     try:
         for chunk in response:
             if chunk.usage:
@@ -210,10 +213,13 @@ def workload_a(client, cfg):
 def workload_b(client, cfg):
     histories = [[{"role": "system", "content": SYSTEM_B}, {"role": "user", "content": q}]
                  for q in QUESTIONS_B[:cfg.streams]]
+    # Every stream generates exactly max_tokens on every server (end-of-turn tokens banned),
+    # so the aggregate compares decoding the same work, not replies of different lengths.
+    ban = [int(t) for t in cfg.b_ban.split(",")] if cfg.b_ban else None
     rounds = []
     for r in range(cfg.rounds):
         start = time.perf_counter()
-        results = parallel_run([lambda h=h: stream(client, h, cfg.b_max_tokens)
+        results = parallel_run([lambda h=h: stream(client, h, cfg.b_max_tokens, ban=ban)
                                 for h in histories])
         wall = time.perf_counter() - start
         rounds.append((results, wall))
@@ -292,7 +298,8 @@ def report_a(results):
 
 def report_b(results, cfg):
     print(f"### b: {cfg.streams} concurrent streams, shared ~400-token system prompt, "
-          f"max_tokens {cfg.b_max_tokens}{', answers appended' if cfg.b_append else ''}\n")
+          f"max_tokens {cfg.b_max_tokens}{', answers appended' if cfg.b_append else ''}"
+          f"{f', tokens {cfg.b_ban} banned' if cfg.b_ban else ''}\n")
     print("| server | round | median TTFT (ms) | max TTFT (ms) | cached / prompt tok | "
           "completion tok | wall (s) | aggregate tok/s | median per-stream tok/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -364,6 +371,10 @@ def main():
     parser.add_argument("--a-max-tokens", type=int, default=100)
     parser.add_argument("--rounds", type=int, help="b: rounds [3; quick 2]")
     parser.add_argument("--b-max-tokens", type=int, default=64)
+    parser.add_argument("--b-ban", default="0,1,2",
+                        help="b: token ids banned (logit_bias -100) so every stream runs to "
+                             "max_tokens [SmolLM2's end-of-text, im_start, im_end; '' allows "
+                             "them]")
     parser.add_argument("--b-append", action="store_true",
                         help="b: each round appends the previous answer and a follow-up")
     parser.add_argument("--d-low-tokens", type=int, help="d: max_tokens of the low streams "

@@ -40,5 +40,6 @@ fi
 .venv/bin/python -m pip install --quiet -r scripts/requirements-convert.txt
 .venv/bin/python scripts/gpu/vocab-gguf.py models/SmolLM2-135M-Instruct.Q4_1.gguf "$KIT/vocab.gguf"
 .venv/bin/python -m pip download --quiet --no-deps gguf==0.19.0 -d "$KIT"
-cp scripts/gpu/mkmodel.py scripts/gpu/quantize.c scripts/gpu/stream-bench.py "$KIT/"
+cp scripts/gpu/mkmodel.py scripts/gpu/quantize.c scripts/gpu/stream-bench.py scripts/gpu/checks.py \
+  scripts/gpu/agreement.py "$KIT/"
 du -sh "$KIT"

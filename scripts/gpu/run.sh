@@ -16,7 +16,8 @@ build() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
   tar xJf "$KIT/hearth-llama.tar.xz" -C "$W"
   mkdir -p "$W/peers" && tar xJf "$KIT/peers-llama.tar.xz" -C "$W/peers"
-  # hearth's libraries: shared, with common (llama.cpp's fit) and mtmd (vision), no tools.
+  # hearth's libraries: shared, with common (llama.cpp's fit) and mtmd (vision), no tools
+  # (the crate's llama.cpp ships their READMEs only).
   cmake -S "$W/llama.cpp" -B "$W/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_MTMD=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
@@ -57,6 +58,70 @@ bench() {
   } 2>&1 | tee "$OUT/engine.txt"
 }
 
+# The engine's own time against llama.cpp's tools built from the same source (and the
+# peers'), at the shapes of llama-batched-bench: 128-token prompts, 128 generated tokens.
+# `hearth bench` also prints where its steps' time goes (build, decode, wait, sample,
+# emit). A second hearth binary (HEARTH_BASE, e.g. the previous build) runs the same for a
+# before/after in one sitting.
+overhead() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model="$W/8b-q4km.gguf" peers="$W/peers/build/bin" src="$W/peers/llama.cpp"
+  {
+    # The peers' batched-bench source built against hearth's llama.cpp, where the two APIs
+    # still agree: the engine's overhead apart from the difference between llama.cpps.
+    if g++ -O2 -std=c++17 -o "$W/same-batched-bench" "$src"/tools/batched-bench/*.cpp \
+        -I "$W/llama.cpp/common" -I "$W/llama.cpp/include" -I "$W/llama.cpp/ggml/include" \
+        -L "$W/build/bin" -lllama-common -lllama -lggml -lggml-base \
+        -Wl,-rpath,"$W/build/bin" > "$W/same.log" 2>&1; then
+      echo "## llama-batched-bench (hearth's llama.cpp), 1/8/32 sequences, 128 + 128"
+      "$W/same-batched-bench" -m "$model" -ngl 99 -c 16384 -b 2048 -ub 512 \
+        -npp 128 -ntg 128 -npl 1,8,32
+    else
+      echo "## (the peers' batched-bench does not build against hearth's llama.cpp)"
+      tail -n 5 "$W/same.log"
+    fi
+    echo "## llama-bench (peers' llama.cpp): tg128 at depth 0 and 128"
+    "$peers/llama-bench" -m "$model" -ngl 99 -p 0 -n 128 -d 0,128 -r 3
+    echo "## llama-batched-bench (peers' llama.cpp), 1/8/32 sequences, 128 + 128"
+    "$peers/llama-batched-bench" -m "$model" -ngl 99 -c 16384 -b 2048 -ub 512 \
+      -npp 128 -ntg 128 -npl 1,8,32
+    for bin in ${HEARTH_BASE:-} "$KIT/hearth"; do
+      echo "## $bin bench (engine), --gpu-layers auto, 128 + 128"
+      "$bin" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 \
+        --concurrency 1,8,32 --repeat 3
+    done
+  } 2>&1 | tee "$OUT/overhead.txt"
+}
+
+# GPU memory in the lifecycle: two models that each take ~60% of the card (the 8B weights
+# plus a large KV cache), one after the other. The second load finds the first idle and
+# unloads it to make room (`evicted to make room on the GPU`), so it gets every layer; the
+# RAM budget is lifted so that only the GPU policy acts.
+evict() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model="$W/8b-q4km.gguf" total ctx pid
+  ln -sf "$model" "$W/8b-copy.gguf"
+  wait_up() { for _ in $(seq 120); do curl -sf "$1" > /dev/null && return 0; sleep 1; done; return 1; }
+  total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  # KV per token of the 8B shape: 32 layers x 8 KV heads x 128 x (K + V) x 2 bytes.
+  ctx=$(python3 -c "print(int((${total} * 2**20 * 0.6 - 5e9) / (64 * 131072)) // 256 * 256)")
+  {
+    echo "## two models of ~60% of ${total} MiB each: 64 slots x ${ctx} tokens"
+    "$KIT/hearth" serve --port 18082 --model "a=$model" --model "b=$W/8b-copy.gguf" \
+      --parallel 64 --ctx-size "$ctx" --memory-budget 1000GiB > "$W/evict.log" 2>&1 &
+    pid=$!
+    wait_up http://127.0.0.1:18082/health/ready
+    for m in a b a; do
+      python3 "$KIT/stream-bench.py" http://127.0.0.1:18082 $m 1 16 0,1,2
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader
+      curl -s http://127.0.0.1:18082/v1/models | python3 -c 'import json,sys
+for m in json.load(sys.stdin)["data"]: print(m["id"], m.get("state"), m.get("placement"))'
+    done
+    grep -E "unloading|evicted" "$W/evict.log" | cut -c1-200
+    kill $pid; wait $pid || true
+  } 2>&1 | tee "$OUT/evict.txt"
+}
+
 # Through HTTP: the same model, 64 slots of 512 tokens each, streams of 128 tokens with
 # end-of-generation banned (SmolLM2's 0, 1, 2), 1 / 32 / 64 at once.
 http() {
@@ -71,6 +136,8 @@ http() {
     wait_up http://127.0.0.1:18080/health/ready
     curl -s http://127.0.0.1:18080/v1/models
     for n in 1 32 64; do python3 "$KIT/stream-bench.py" http://127.0.0.1:18080 bench $n 128 0,1,2; done
+    echo "## structured output and stop strings on the GPU"
+    python3 "$KIT/checks.py" http://127.0.0.1:18080 bench || echo "CHECKS FAILED"
     curl -s http://127.0.0.1:18080/health/ready | head -c 2000; echo
     curl -s http://127.0.0.1:18080/metrics | grep -E "^hearth:(gpu|model_vram)"
     echo "## a worker killed mid-stream frees its VRAM; the next request is served"

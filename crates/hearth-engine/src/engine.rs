@@ -16,6 +16,7 @@ use crate::model::Model;
 use crate::placement::{CacheType, ContextShape};
 use crate::request::{Event, GenerationRequest, RequestId};
 use crate::scheduler::{Command, Scheduler, Submission};
+use crate::step_times::{StepClock, StepTimes};
 use crate::stop::MAX_STOP_STRINGS;
 use crate::structured::Constraint;
 use crate::vision::Projector;
@@ -137,6 +138,8 @@ pub struct EngineStats {
     pub host_cache_entries: AtomicUsize,
     /// Tokens each slot's KV holds (a running sequence's, or a free slot's cache).
     pub slot_tokens: std::sync::Mutex<Vec<usize>>,
+    /// Time spent in each phase of the steps so far.
+    pub step_clock: StepClock,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -153,6 +156,7 @@ pub struct StatsSnapshot {
     pub host_cache_bytes: usize,
     pub host_cache_entries: usize,
     pub slot_tokens: Vec<usize>,
+    pub step_times: StepTimes,
 }
 
 /// A validated request with its compiled constraint, ready to submit.
@@ -381,6 +385,7 @@ impl Engine {
                 .lock()
                 .map(|s| s.clone())
                 .unwrap_or_default(),
+            step_times: self.stats.step_clock.snapshot(),
         }
     }
 }
@@ -419,6 +424,7 @@ fn run_engine_thread(
         context,
         config.batch_size as usize,
         config.projector.clone(),
+        model.gpu_layers() > 0,
     );
     Scheduler::new(&*model, backend, &config, stats).run(inbox);
 }

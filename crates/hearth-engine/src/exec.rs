@@ -35,6 +35,13 @@ pub trait Backend {
         media: &PromptMedia,
         tokens: &[u32],
     ) -> Result<(), String>;
+    /// Whether `decode` returns before the pass has run (a GPU computing on its own while
+    /// the host goes on); `synchronize` then waits for it.
+    fn asynchronous(&self) -> bool {
+        false
+    }
+    /// Wait until the last `decode` has run.
+    fn synchronize(&mut self) {}
     /// The logits of the `index`-th entry of the last batch (one with `logits` set).
     fn logits(&self, index: usize) -> &[f32];
     /// Drop a slot's KV from position `from` on (`0`: all of it).
@@ -81,6 +88,8 @@ pub struct LlamaBackend<'m> {
     capacity: usize,
     /// The model's vision projector, if it has one.
     projector: Option<std::sync::Arc<Projector>>,
+    /// Layers run on a GPU: llama.cpp's decode launches the pass and returns.
+    offloaded: bool,
 }
 
 impl<'m> LlamaBackend<'m> {
@@ -88,12 +97,14 @@ impl<'m> LlamaBackend<'m> {
         context: LlamaContext<'m>,
         batch_size: usize,
         projector: Option<std::sync::Arc<Projector>>,
+        offloaded: bool,
     ) -> LlamaBackend<'m> {
         LlamaBackend {
             context,
             batch: LlamaBatch::new(batch_size, 1),
             capacity: batch_size,
             projector,
+            offloaded,
         }
     }
 }
@@ -128,6 +139,14 @@ impl Backend for LlamaBackend<'_> {
             return Err("this model has no vision projector".into());
         };
         projector.eval(image, &mut self.context, media.start, slot, self.capacity)
+    }
+
+    fn asynchronous(&self) -> bool {
+        self.offloaded
+    }
+
+    fn synchronize(&mut self) {
+        self.context.synchronize();
     }
 
     fn logits(&self, index: usize) -> &[f32] {
@@ -199,6 +218,8 @@ pub mod mock {
         pub copies: usize,
         /// Images evaluated.
         pub media_decoded: usize,
+        /// Pretend to be a device that computes on its own (`Backend::asynchronous`).
+        pub asynchronous: bool,
     }
 
     impl ScriptedBackend {
@@ -277,6 +298,10 @@ pub mod mock {
             kv.extend_from_slice(tokens);
             self.media_decoded += 1;
             Ok(())
+        }
+
+        fn asynchronous(&self) -> bool {
+            self.asynchronous
         }
 
         fn logits(&self, index: usize) -> &[f32] {

@@ -17,6 +17,7 @@ mod pyvalue;
 mod request;
 pub mod sampling;
 mod scheduler;
+mod step_times;
 pub mod stop;
 mod structured;
 mod template;
@@ -34,6 +35,7 @@ pub use request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
 };
 pub use sampling::{SamplingParams, TokenLogprobs};
+pub use step_times::StepTimes;
 pub use structured::{
     Constraint, GrammarCompiler, LazyGrammar, OutputFormat, GRAMMAR_CACHE_CAPACITY,
 };

@@ -185,6 +185,11 @@ impl Sampler {
         logits: &[f32],
         mask: Option<&dyn TokenMask>,
     ) -> (u32, Option<TokenLogprobs>) {
+        if mask.is_none() && self.params.top_logprobs.is_none() {
+            if let Some(token) = self.greedy_in_place(logits) {
+                return (token, None);
+            }
+        }
         self.scratch.clear();
         self.scratch.extend_from_slice(logits);
         self.apply_penalties();
@@ -201,6 +206,48 @@ impl Sampler {
             .top_logprobs
             .map(|n| logprobs_of(&self.scratch, token, n));
         (token, logprobs)
+    }
+
+    /// The greedy choice without copying the vocabulary: the argmax of the raw logits, then
+    /// the few tokens a logit bias or a frequency/presence penalty moves, each at the value
+    /// `apply_penalties` would give it — the same token as the argmax of the adjusted copy
+    /// (the first raw maximum is unadjusted, so no other unadjusted token can beat it or tie
+    /// it from an earlier index). `None` where the copy is needed: not greedy, a repetition
+    /// penalty (it moves every token of the prompt), or the raw winner is itself adjusted.
+    fn greedy_in_place(&self, logits: &[f32]) -> Option<u32> {
+        let p = &self.params;
+        let greedy = p.temperature <= 0.0 || p.top_k == 1;
+        if !greedy || p.repetition_penalty != 1.0 {
+            return None;
+        }
+        let penalised = p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
+        let adjusted = |t: u32| {
+            p.logit_bias.contains_key(&t) || (penalised && self.generated.contains_key(&t))
+        };
+        let best = argmax(logits);
+        if adjusted(best) {
+            return None;
+        }
+        let mut winner = (best, logits.get(best as usize).copied()?);
+        let mut consider = |token: u32| {
+            let Some(&raw) = logits.get(token as usize) else {
+                return;
+            };
+            let mut value = raw + p.logit_bias.get(&token).copied().unwrap_or(0.0);
+            if penalised {
+                if let Some(&count) = self.generated.get(&token) {
+                    value -= p.frequency_penalty * count as f32 + p.presence_penalty;
+                }
+            }
+            if value > winner.1 || (value == winner.1 && token < winner.0) {
+                winner = (token, value);
+            }
+        };
+        p.logit_bias.keys().for_each(|&t| consider(t));
+        if penalised {
+            self.generated.keys().for_each(|&t| consider(t));
+        }
+        Some(winner.0)
     }
 
     fn apply_penalties(&mut self) {
@@ -309,16 +356,29 @@ fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
     }
 }
 
+/// The first index of the largest logit; 0 when none is above -inf (NaN never wins). Two
+/// passes the compiler vectorises — lane-wise maxima, then the first index holding the
+/// largest — where one scan keeping the index branches on every logit.
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > best_value {
-            best = i;
-            best_value = l;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &l) in lanes.iter_mut().zip(chunk) {
+            if l > *lane {
+                *lane = l;
+            }
         }
     }
-    best as u32
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
 }
 
 /// The lowest logprob reported (OpenAI's value for a token that cannot occur): every
@@ -384,6 +444,83 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, 0.5, -1.0]
+    }
+
+    /// The plain scan `argmax` replaced: first index of the largest, NaN never wins.
+    fn argmax_by_scan(logits: &[f32]) -> u32 {
+        let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
+        for (i, &l) in logits.iter().enumerate() {
+            if l > best_value {
+                (best, best_value) = (i, l);
+            }
+        }
+        best as u32
+    }
+
+    /// Logits drawn from a few values, so ties are common, with some -inf and NaN.
+    fn random_logits(rng: &mut StdRng, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| match rng.random_range(0..20) {
+                0 => f32::NEG_INFINITY,
+                1 => f32::NAN,
+                n => (n % 7) as f32 - 3.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_logit() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for len in [1, 2, 15, 16, 17, 31, 33, 100, 1000] {
+            for _ in 0..200 {
+                let logits = random_logits(&mut rng, len);
+                assert_eq!(argmax(&logits), argmax_by_scan(&logits), "{logits:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), 0);
+        assert_eq!(argmax(&[f32::NAN; 40]), 0);
+        let mut late = vec![0.0; 49_152];
+        late[49_151] = 1.0;
+        assert_eq!(argmax(&late), 49_151);
+    }
+
+    #[test]
+    fn greedy_without_a_copy_picks_what_the_adjusted_copy_picks() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let vocab = 50;
+        for case in 0..2000 {
+            let mut params = SamplingParams::greedy();
+            for _ in 0..rng.random_range(0..4) {
+                let bias = [-100.0, -1.0, 0.0, 0.5, 2.0, 100.0][rng.random_range(0..6)];
+                params
+                    .logit_bias
+                    .insert(rng.random_range(0..vocab as u32), bias);
+            }
+            if case % 2 == 0 {
+                params.frequency_penalty = [0.0, 0.5, -1.0][rng.random_range(0..3)];
+                params.presence_penalty = [0.0, 1.0, -0.5][rng.random_range(0..3)];
+            }
+            // `top_logprobs` takes the path that copies and adjusts every logit.
+            let copying = SamplingParams {
+                top_logprobs: Some(0),
+                ..params.clone()
+            };
+            let (mut fast, mut full) = (
+                Sampler::new(params, &[], vocab),
+                Sampler::new(copying, &[], vocab),
+            );
+            for _ in 0..8 {
+                let logits = random_logits(&mut rng, vocab);
+                let token = fast.sample(&logits, None).0;
+                assert_eq!(
+                    token,
+                    full.sample(&logits, None).0,
+                    "case {case}: {logits:?}"
+                );
+                fast.accept(token);
+                full.accept(token);
+            }
+        }
     }
 
     #[test]

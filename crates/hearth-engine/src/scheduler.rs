@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use crate::cpu_gate::CpuGate;
 use crate::detok::Utf8Decoder;
@@ -18,7 +19,8 @@ use crate::host_cache::HostCache;
 use crate::request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
 };
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenLogprobs};
+use crate::step_times::Phase;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::structured::Constraint;
 use crate::vision::{media_floor, PromptMedia};
@@ -64,6 +66,12 @@ struct Sequence {
     sink: EventSink,
     /// Index of this sequence's logits in the current batch.
     logits_at: Option<usize>,
+    /// This step's token (or why there is none), between sampling and handing it over.
+    sampled: Option<Result<(u32, Option<TokenLogprobs>), String>>,
+    /// Events held back until the next pass is launched (see `Scheduler::defer_emits`).
+    deferred: Vec<Event>,
+    /// Its sink refused a held-back event: nobody listens; it ends at the next sampling.
+    abandoned: bool,
 }
 
 /// What a free slot's KV holds, for the prompt cache.
@@ -109,6 +117,12 @@ const KEEP_CACHE_TOKENS: usize = 16;
 const RESTORE_GAIN_RATIO: usize = 32;
 const RESTORE_MIN_GAIN: usize = 4;
 
+/// On an asynchronous backend, this many sequences to sample in a step or more are spread
+/// over `SAMPLING_THREADS` scoped threads (starting one costs ~15 µs; sampling one sequence
+/// reads its whole vocabulary of logits, 15-150 µs).
+const PARALLEL_SAMPLING_MIN: usize = 8;
+const SAMPLING_THREADS: usize = 4;
+
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
     backend: B,
@@ -136,6 +150,10 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     paused: Vec<Paused<B::Snapshot>>,
     stats: Arc<EngineStats>,
     cpu_gate: Option<CpuGate>,
+    /// The backend computes on its own (a GPU): a step's tokens are handed to their
+    /// requests after the next pass is launched, while the device runs it, instead of
+    /// before. On the CPU the pass is the host's own work, so they go out at once.
+    defer_emits: bool,
 }
 
 enum Outcome {
@@ -151,7 +169,6 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     pub fn new(vocab: &'v V, backend: B, config: &EngineConfig, stats: Arc<EngineStats>) -> Self {
         Scheduler {
             vocab,
-            backend,
             batch: Vec::with_capacity(config.batch_size as usize),
             batch_size: config.batch_size as usize,
             prompt_cache: config.prompt_cache,
@@ -175,6 +192,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                     .inspect_err(|e| tracing::warn!(%e, ?path, "no CPU gate"))
                     .ok()
             }),
+            defer_emits: backend.asynchronous(),
+            backend,
         }
     }
 
@@ -238,6 +257,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         if let Some(at) = self.running.iter().position(|s| s.id == id) {
             let mut seq = self.running.swap_remove(at);
+            deliver(&mut seq);
             let usage = usage_of(&seq);
             (seq.sink)(Event::Done {
                 finish_reason: FinishReason::Cancelled,
@@ -329,6 +349,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 constraint,
                 sink,
                 logits_at: None,
+                sampled: None,
+                deferred: Vec::new(),
+                abandoned: false,
             });
         }
     }
@@ -362,7 +385,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 None => return false,
             }
         };
-        let seq = self.running.swap_remove(at);
+        let mut seq = self.running.swap_remove(at);
+        // Its client sees the tokens it has so far, then a pause.
+        deliver(&mut seq);
         tracing::debug!(
             id = seq.id,
             slot,
@@ -653,6 +678,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // several ubatches, each a full pass over the weights. Ascending slot order (with
         // the lowest free slot reused first) keeps a step to one pass; it measured 1.8x at 8
         // sequences once slots had been recycled.
+        let started = Instant::now();
         self.running.sort_unstable_by_key(|seq| seq.slot);
         self.decode_one_image();
         self.batch.clear();
@@ -709,17 +735,32 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             return;
         }
         let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
-        let started = std::time::Instant::now();
+        let clock = &self.stats.step_clock;
+        let built = Instant::now();
+        clock.add(Phase::Build, built - started);
         let decoded = self.backend.decode(&self.batch);
+        let launched = Instant::now();
+        clock.add(Phase::Decode, launched - built);
+        // Queued copies have been carried out (or the cells are forgotten on failure).
+        self.pending.fill(false);
+        // The last step's tokens go out while the device runs this one.
+        for seq in &mut self.running {
+            deliver(seq);
+        }
+        let delivered = Instant::now();
+        clock.add(Phase::Emit, delivered - launched);
+        if decoded.is_ok() {
+            self.backend.synchronize();
+        }
+        let synchronized = Instant::now();
+        clock.add(Phase::Wait, synchronized - delivered);
+        drop(turn);
         tracing::trace!(
             tokens = self.batch.len(),
             sequences = self.running.len(),
-            decode_us = started.elapsed().as_micros() as u64,
+            decode_us = (synchronized - built).as_micros() as u64,
             "step"
         );
-        // Queued copies have been carried out (or the cells are forgotten on failure).
-        self.pending.fill(false);
-        drop(turn);
         if let Err(e) = decoded {
             self.fail_batch(&format!("llama.cpp decode failed: {e}"));
             return;
@@ -770,39 +811,66 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
     }
 
+    /// Sample every sequence that has logits this step, then hand each its token (in two
+    /// passes, so the phases are timed apart).
     fn sample_all(&mut self) {
+        let started = Instant::now();
+        let backend = &self.backend;
+        let mut work: Vec<(&mut Sequence, &[f32])> = self
+            .running
+            .iter_mut()
+            .filter(|seq| !seq.abandoned)
+            .filter_map(|seq| {
+                let logits = backend.logits(seq.logits_at?);
+                Some((seq, logits))
+            })
+            .collect();
+        // On a GPU the host's sampling is all that stands between two passes: spread it.
+        // (On the CPU llama.cpp's own threads are the bottleneck and sampling is a sliver.)
+        if self.defer_emits && work.len() >= PARALLEL_SAMPLING_MIN {
+            let per_thread = work.len().div_ceil(SAMPLING_THREADS);
+            std::thread::scope(|scope| {
+                for chunk in work.chunks_mut(per_thread) {
+                    scope.spawn(move || {
+                        for (seq, logits) in chunk {
+                            sample_one(seq, logits);
+                        }
+                    });
+                }
+            });
+        } else {
+            for (seq, logits) in &mut work {
+                sample_one(seq, logits);
+            }
+        }
+        let sampled = Instant::now();
+        self.stats.step_clock.add(Phase::Sample, sampled - started);
         let mut index = 0;
         while index < self.running.len() {
             let seq = &mut self.running[index];
-            let Some(at) = seq.logits_at.take() else {
+            let had_logits = seq.logits_at.take().is_some();
+            let outcome = if seq.abandoned {
+                Outcome::Abandoned
+            } else if !had_logits {
                 index += 1;
                 continue;
-            };
-            let logits = self.backend.logits(at);
-            let vocab = self.vocab;
-            // A panic while sampling one sequence (a bug in a mask, a sampler, a detokenizer)
-            // ends that sequence with an error; the others, and the worker, go on.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let sampled = match seq.constraint.as_mut() {
-                    None => Ok(seq.sampler.sample(logits, None)),
-                    // A lazy grammar before its trigger: free text, watched for the trigger.
-                    Some(constraint) if constraint.is_dormant() => {
-                        let (token, logprobs) = seq.sampler.sample(logits, None);
-                        constraint.accept(token).map(|()| (token, logprobs))
+            } else {
+                match seq.sampled.take() {
+                    Some(Ok((token, logprobs))) => {
+                        let vocab = self.vocab;
+                        let defer = self.defer_emits;
+                        // A panic in a detokenizer or a stop matcher ends only this
+                        // sequence, as one in `sample_one` does.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            advance(vocab, seq, token, logprobs, defer)
+                        }))
+                        .unwrap_or_else(|_| {
+                            tracing::error!(id = seq.id, "emitting panicked; ending this sequence");
+                            report(seq, "internal error while generating this sequence")
+                        })
                     }
-                    Some(constraint) => constraint.compute_mask().and_then(|()| {
-                        let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
-                        constraint.accept(token).map(|()| (token, logprobs))
-                    }),
-                };
-                sampled.map(|(token, logprobs)| advance(vocab, seq, token, logprobs))
-            }));
-            let outcome = match step {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(error)) => report(seq, &format!("structured output failed: {error}")),
-                Err(_) => {
-                    tracing::error!(id = seq.id, "sampling panicked; ending this sequence");
-                    report(seq, "internal error while generating this sequence")
+                    Some(Err(message)) => report(seq, &message),
+                    None => report(seq, "internal error: no token was sampled"),
                 }
             };
             match outcome {
@@ -822,6 +890,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 }
             }
         }
+        self.stats
+            .step_clock
+            .add(Phase::Emit, Instant::now() - sampled);
     }
 
     /// A failed decode leaves the batch's KV state unknown: end every sequence in it.
@@ -829,6 +900,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         tracing::error!(message, "decode failed; ending the sequences of this batch");
         let running = std::mem::take(&mut self.running);
         for mut seq in running {
+            deliver(&mut seq);
             (seq.sink)(Event::Error(message.to_owned()));
             self.release(seq, false);
         }
@@ -894,6 +966,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
 
     fn shutdown(&mut self) {
         for mut seq in std::mem::take(&mut self.running) {
+            deliver(&mut seq);
             (seq.sink)(Event::Error("the engine is shutting down".into()));
         }
         for mut submission in std::mem::take(&mut self.waiting) {
@@ -929,13 +1002,42 @@ fn usage_of(seq: &Sequence) -> Usage {
     }
 }
 
+/// Choose a sequence's next token into `seq.sampled`. A panic while sampling one sequence (a
+/// bug in a mask or a sampler) ends that sequence with an error; the others, and the
+/// worker, go on.
+fn sample_one(seq: &mut Sequence, logits: &[f32]) {
+    let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match seq.constraint.as_mut() {
+            None => Ok(seq.sampler.sample(logits, None)),
+            // A lazy grammar before its trigger: free text, watched for the trigger.
+            Some(constraint) if constraint.is_dormant() => {
+                let (token, logprobs) = seq.sampler.sample(logits, None);
+                constraint.accept(token).map(|()| (token, logprobs))
+            }
+            Some(constraint) => constraint.compute_mask().and_then(|()| {
+                let (token, logprobs) = seq.sampler.sample(logits, Some(&*constraint));
+                constraint.accept(token).map(|()| (token, logprobs))
+            }),
+        }
+    }));
+    seq.sampled = Some(match sampled {
+        Ok(Ok(token)) => Ok(token),
+        Ok(Err(error)) => Err(format!("structured output failed: {error}")),
+        Err(_) => {
+            tracing::error!(id = seq.id, "sampling panicked; ending this sequence");
+            Err("internal error while generating this sequence".to_owned())
+        }
+    });
+}
+
 /// Take a sampled token: stop on end-of-turn, emit its text (held back while a stop string
 /// may still match), and end the sequence at a stop string or its token limit.
 fn advance(
     model: &impl Vocabulary,
     seq: &mut Sequence,
     token: u32,
-    logprobs: Option<crate::sampling::TokenLogprobs>,
+    logprobs: Option<TokenLogprobs>,
+    defer: bool,
 ) -> Outcome {
     seq.sampler.accept(token);
     let generated = GeneratedToken {
@@ -973,11 +1075,26 @@ fn advance(
             Outcome::Abandoned
         };
     }
-    if !emit(seq, text, vec![generated]) {
+    if defer {
+        // Handed over once the next pass is launched (`deliver`).
+        seq.deferred.push(Event::Delta {
+            text,
+            tokens: vec![generated],
+        });
+    } else if !emit(seq, text, vec![generated]) {
         return Outcome::Abandoned;
     }
     seq.pending_token = Some(token);
     Outcome::Continue
+}
+
+/// Hand over a sequence's held-back events; a refused one marks it abandoned.
+fn deliver(seq: &mut Sequence) {
+    for event in std::mem::take(&mut seq.deferred) {
+        if !seq.abandoned && !(seq.sink)(event) {
+            seq.abandoned = true;
+        }
+    }
 }
 
 /// End a sequence with an error event.
@@ -1034,6 +1151,21 @@ mod tests {
         }
 
         fn with_host(parallel: usize, prompt_cache: bool, host_bytes: usize) -> Harness {
+            Harness::with_backend(parallel, prompt_cache, host_bytes, false)
+        }
+
+        /// Over a backend that says it computes on its own (a GPU): tokens are held back
+        /// until the next pass is launched.
+        fn asynchronous(parallel: usize) -> Harness {
+            Harness::with_backend(parallel, true, 0, true)
+        }
+
+        fn with_backend(
+            parallel: usize,
+            prompt_cache: bool,
+            host_bytes: usize,
+            asynchronous: bool,
+        ) -> Harness {
             let config = EngineConfig {
                 parallel,
                 context_per_slot: 512,
@@ -1049,7 +1181,8 @@ mod tests {
                 cache_type_v: Default::default(),
                 projector: None,
             };
-            let backend = ScriptedBackend::new(parallel, VOCAB);
+            let mut backend = ScriptedBackend::new(parallel, VOCAB);
+            backend.asynchronous = asynchronous;
             Harness {
                 scheduler: Scheduler::new(vocab(), backend, &config, Arc::default()),
                 next_id: 1,
@@ -1076,12 +1209,32 @@ mod tests {
             max_tokens: usize,
             priority: Priority,
         ) -> (RequestId, Shared) {
+            self.submit_listening(prompt, media, max_tokens, priority, usize::MAX)
+        }
+
+        /// As `submit_media`, with a client that goes away after `listens` deltas (its sink
+        /// refuses the next one).
+        fn submit_listening(
+            &mut self,
+            prompt: &[u32],
+            media: Vec<PromptMedia>,
+            max_tokens: usize,
+            priority: Priority,
+            listens: usize,
+        ) -> (RequestId, Shared) {
             let run: Shared = Arc::default();
             let out = run.clone();
+            let mut deltas = 0;
             let sink: EventSink = Box::new(move |event| {
                 let mut run = out.lock().unwrap();
                 match event {
-                    Event::Delta { tokens, .. } => run.tokens.extend(tokens.iter().map(|t| t.id)),
+                    Event::Delta { tokens, .. } => {
+                        deltas += 1;
+                        if deltas > listens {
+                            return false;
+                        }
+                        run.tokens.extend(tokens.iter().map(|t| t.id))
+                    }
                     Event::Done { usage, .. } => run.usage = Some(usage),
                     Event::Error(e) => run.error = Some(e),
                 }
@@ -1392,6 +1545,89 @@ mod tests {
         let mut ids: Vec<_> = h.scheduler.running.iter().map(|s| s.id).collect();
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn on_an_asynchronous_backend_tokens_go_out_after_the_next_launch_unchanged() {
+        // Both prompts fit one step's batch of 64.
+        let (a, b) = (prompt(1, 40), prompt(2, 20));
+        let mut h = Harness::asynchronous(2);
+        let (_, run_a) = h.submit(&a, 20);
+        let (_, run_b) = h.submit(&b, 12);
+        // The first step reads both prompts and samples each a first token: held back.
+        h.step();
+        assert!(tokens(&run_a).is_empty() && tokens(&run_b).is_empty());
+        assert_eq!(h.scheduler.running[0].deferred.len(), 1);
+        // The next launch hands them over (and holds back the next ones).
+        h.step();
+        assert_eq!(tokens(&run_a).len(), 1);
+        assert_eq!(tokens(&run_b).len(), 1);
+        h.run_until_idle();
+        assert_eq!(tokens(&run_a), cold(&a, 20));
+        assert_eq!(tokens(&run_b), cold(&b, 12));
+        for run in [&run_a, &run_b] {
+            let run = run.lock().unwrap();
+            assert_eq!(run.error, None);
+            assert_eq!(run.usage.expect("done").completion_tokens, run.tokens.len());
+        }
+        // Each slot's cache is what was decoded into it: a repeat reads only its tail.
+        let before = h.decoded();
+        assert_eq!(h.generate(&a, 20).0, cold(&a, 20));
+        assert_eq!(h.decoded() - before, 1 + 19);
+    }
+
+    #[test]
+    fn on_an_asynchronous_backend_many_sequences_sample_on_several_threads_unchanged() {
+        let prompts: Vec<Vec<u32>> = (0..10).map(|i| prompt(i, 20 + i as usize)).collect();
+        let mut h = Harness::asynchronous(10);
+        let runs: Vec<Shared> = prompts.iter().map(|p| h.submit(p, 16).1).collect();
+        h.run_until_idle();
+        for (p, run) in prompts.iter().zip(&runs) {
+            assert_eq!(tokens(run), cold(p, 16));
+        }
+    }
+
+    #[test]
+    fn on_an_asynchronous_backend_a_client_gone_mid_stream_ends_only_its_sequence() {
+        let (a, b) = (prompt(1, 30), prompt(2, 30));
+        let mut h = Harness::asynchronous(2);
+        let (_, run_a) = h.submit_listening(&a, Vec::new(), 40, Priority::Normal, 5);
+        let (_, run_b) = h.submit(&b, 40);
+        h.run_until_idle();
+        assert_eq!(tokens(&run_a), cold(&a, 40)[..5]);
+        assert_eq!(run_a.lock().unwrap().usage, None, "nobody to tell");
+        assert_eq!(tokens(&run_b), cold(&b, 40));
+        assert_eq!(h.scheduler.free_slots.len(), 2);
+        // The abandoned slot's cache holds what was decoded, the held-back token included.
+        let slot_a = h
+            .scheduler
+            .slots
+            .iter()
+            .position(|c| c.tokens.starts_with(&a));
+        let cache = &h.scheduler.slots[slot_a.expect("a's cache is kept")].tokens;
+        assert_eq!(cache.len(), h.kv(slot_a.unwrap()).len());
+        assert_eq!(h.generate(&a, 40).0, cold(&a, 40));
+    }
+
+    #[test]
+    fn on_an_asynchronous_backend_a_paused_sequence_has_all_its_tokens_and_resumes_exactly() {
+        let (a, b, urgent) = (prompt(1, 30), prompt(2, 30), prompt(3, 30));
+        let mut h = Harness::asynchronous(2);
+        let (_, run_a) = h.submit_with(&a, 24, Priority::Low);
+        let (b_id, run_b) = h.submit_with(&b, 24, Priority::Low);
+        for _ in 0..5 {
+            h.step();
+        }
+        let (_, run_high) = h.submit_with(&urgent, 8, Priority::High);
+        h.step();
+        assert_eq!(h.scheduler.paused[0].seq.id, b_id);
+        assert!(h.scheduler.paused[0].seq.deferred.is_empty());
+        // 5 steps sampled 5 tokens; the pause handed over the one held back.
+        assert_eq!(tokens(&run_b).len(), 5);
+        h.run_until_idle();
+        assert_eq!(tokens(&run_b), cold(&b, 24));
+        assert_eq!(tokens(&run_a), cold(&a, 24));
+        assert_eq!(tokens(&run_high), cold(&urgent, 8));
     }
 
     #[test]

@@ -105,6 +105,18 @@ enum Lookup {
     Cached(std::path::PathBuf),
 }
 
+/// Which idle GPU holder to unload for a model needing `need` bytes where `free` are free:
+/// none if it fits, else the one idle longest. `holders`: (idle since, bytes it frees; 0 for
+/// a busy one, which is never chosen).
+fn gpu_victim(need: u64, free: u64, holders: &[(Instant, u64)]) -> Option<usize> {
+    if need <= free {
+        return None;
+    }
+    (0..holders.len())
+        .filter(|&i| holders[i].1 > 0)
+        .min_by_key(|&i| holders[i].0)
+}
+
 /// The error for a model whose last load failed, while it waits before the next try.
 fn backing_off(entry: &ModelEntry) -> Option<ApiError> {
     let status = entry.status();
@@ -407,6 +419,7 @@ impl ModelManager {
                 .collect();
             let used: u64 = others.iter().map(|e| e.status().footprint.ram_bytes).sum();
             if used + need <= budget && others.len() < self.lifecycle.max_loaded_models {
+                self.make_gpu_room(entry).await;
                 return Ok(());
             }
             // The idle model used longest ago goes first.
@@ -438,6 +451,59 @@ impl ModelManager {
                 .with_retry_after(5));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Before a model that offloads to GPUs loads, unload idle models holding GPU memory,
+    /// least recently used first, until the GPUs' free memory covers its estimate (weights +
+    /// KV, as if every layer went there). The load then fits as many layers as there is room
+    /// for (`--gpu-layers auto`), so a busy GPU means a slower model, never a refusal or an
+    /// out-of-memory error mid-request. Free memory is summed over the GPUs a holder sees
+    /// (a model split over several takes from each).
+    async fn make_gpu_room(&self, entry: &Arc<ModelEntry>) {
+        if entry.settings.gpu_layers.trim() == "0" {
+            return;
+        }
+        let need = entry.status().footprint.ram_bytes;
+        loop {
+            let holders: Vec<(Arc<ModelEntry>, Arc<Worker>)> = self
+                .entries()
+                .into_iter()
+                .filter(|e| !Arc::ptr_eq(e, entry))
+                .filter_map(|e| {
+                    let worker = e.current_worker()?;
+                    (worker.ready.vram_bytes > 0).then_some((e, worker))
+                })
+                .collect();
+            let Some((_, asked)) = holders.first() else {
+                return;
+            };
+            let Some(status) = asked.ping().await else {
+                return;
+            };
+            let free = status.gpus.iter().map(|g| g.free_bytes).sum();
+            let idle: Vec<(Instant, u64)> = holders
+                .iter()
+                .map(|(e, w)| {
+                    // A busy model is never a candidate: it sorts last and is skipped.
+                    let since = e.admission.idle_since();
+                    (
+                        since.unwrap_or_else(Instant::now),
+                        since.map_or(0, |_| w.ready.vram_bytes),
+                    )
+                })
+                .collect();
+            let Some(victim) = gpu_victim(need, free, &idle) else {
+                return;
+            };
+            let (victim, _) = &holders[victim];
+            match self
+                .unload_entry(victim, "evicted to make room on the GPU")
+                .await
+            {
+                Ok(true) => continue,
+                _ => return,
+            }
         }
     }
 
@@ -680,5 +746,27 @@ impl ModelManager {
         );
         futures_util::future::join_all(workers.iter().map(|w| w.stop(Duration::from_millis(500))))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gpu_makes_room_from_its_longest_idle_holder_and_only_when_needed() {
+        let now = Instant::now();
+        let (old, recent) = (now - Duration::from_secs(60), now - Duration::from_secs(5));
+        const GIB: u64 = 1 << 30;
+        // Fits: nobody goes.
+        assert_eq!(gpu_victim(4 * GIB, 5 * GIB, &[(old, 8 * GIB)]), None);
+        // Does not fit: the longest idle goes first, whatever its size.
+        let holders = [(recent, 8 * GIB), (old, 2 * GIB)];
+        assert_eq!(gpu_victim(9 * GIB, GIB, &holders), Some(1));
+        // A busy holder (nothing to free) is never chosen, however old.
+        let holders = [(old, 0), (recent, 3 * GIB)];
+        assert_eq!(gpu_victim(9 * GIB, GIB, &holders), Some(1));
+        assert_eq!(gpu_victim(9 * GIB, GIB, &[(old, 0)]), None);
+        assert_eq!(gpu_victim(9 * GIB, GIB, &[]), None);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use hearth_engine::{Engine, Event, GenerationRequest, OutputFormat, SamplingParams};
+use hearth_engine::{Engine, Event, GenerationRequest, OutputFormat, SamplingParams, StepTimes};
 
 use crate::cli::BenchArgs;
 use crate::http_bench;
@@ -44,17 +44,16 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     println!("| test | tok/s |");
     println!("|---|---:|");
     println!("| prefill pp{} | {prefill:.1} |", args.prompt_tokens);
+    let mut phases = Vec::new();
     for &n in &args.concurrency {
-        let rate = median(
-            (0..args.repeat)
-                .map(|_| measure(&engine, &prompt, n, args.gen_tokens).map(|r| r.decode_rate)),
-        )?;
+        let run = median((0..args.repeat).map(|_| measure(&engine, &prompt, n, args.gen_tokens)))?;
         let label = if n == 1 {
             format!("decode tg{} (1 sequence)", args.gen_tokens)
         } else {
             format!("aggregate decode, {n} sequences")
         };
-        println!("| {label} | {rate:.1} |");
+        println!("| {label} | {:.1} |", run.decode_rate);
+        phases.push((n, run));
     }
     // Structured output: a JSON array long enough that the grammar never ends early.
     let schema = serde_json::json!({
@@ -77,6 +76,26 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         args.gen_tokens,
         constrained / free
     );
+    // Where a step's time goes: the model (decode, and on a GPU the wait for it) against
+    // hearth's own host work around it.
+    println!("\nper step, µs (median run; prefill steps included):\n");
+    println!("| sequences | steps | build | decode | wait | sample | emit | host share |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, run) in &phases {
+        let t = &run.phases;
+        let per = |ns: u64| ns as f64 / 1e3 / run.steps.max(1) as f64;
+        let host = t.build_ns + t.sample_ns + t.emit_ns;
+        println!(
+            "| {n} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}% |",
+            run.steps,
+            per(t.build_ns),
+            per(t.decode_ns),
+            per(t.wait_ns),
+            per(t.sample_ns),
+            per(t.emit_ns),
+            100.0 * host as f64 / t.total_ns().max(1) as f64
+        );
+    }
     if args.http {
         let alone = Run::medians(
             (0..args.repeat)
@@ -124,6 +143,9 @@ pub struct Run {
     pub first_token: Duration,
     /// Tokens per second over all sequences once every one of them is decoding.
     pub decode_rate: f64,
+    /// Engine steps taken, and the time they spent in each phase (in-process runs only).
+    pub steps: u64,
+    pub phases: StepTimes,
 }
 
 /// Run `n` identical-length sequences to `gen` tokens each, end-of-turn suppressed.
@@ -144,6 +166,7 @@ fn measure_with(
         sampling.logit_bias.insert(eog, -100.0);
     }
     let (tx, rx) = mpsc::channel::<(usize, Instant, Event)>();
+    let before = engine.stats();
     let start = Instant::now();
     for i in 0..n {
         let tx = tx.clone();
@@ -182,9 +205,12 @@ fn measure_with(
     let after = tokens_at.iter().filter(|&&t| t > all_decoding).count();
     let span = (end - all_decoding).as_secs_f64();
     let decode_rate = if span > 0.0 { after as f64 / span } else { 0.0 };
+    let stats = engine.stats();
     Ok(Run {
         first_token,
         decode_rate,
+        steps: stats.steps - before.steps,
+        phases: stats.step_times.since(&before.step_times),
     })
 }
 
@@ -215,6 +241,8 @@ impl Run {
         Run {
             first_token: ttft[ttft.len() / 2],
             decode_rate: rates[rates.len() / 2],
+            steps: 0,
+            phases: StepTimes::default(),
         }
     }
 }

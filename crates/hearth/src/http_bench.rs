@@ -130,5 +130,7 @@ fn one_stream(url: &str, body: &Value) -> Result<Run> {
         } else {
             0.0
         },
+        steps: 0,
+        phases: Default::default(),
     })
 }
