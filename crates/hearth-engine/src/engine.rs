@@ -419,12 +419,17 @@ fn run_engine_thread(
             return;
         }
     };
-    let _ = ready.send(Ok(()));
-    let backend = LlamaBackend::new(
+    let mut backend = LlamaBackend::new(
         context,
         config.batch_size as usize,
         config.projector.clone(),
-        model.gpu_layers() > 0,
+        // Every layer on a GPU: decode returns once the pass is launched. (With some layers
+        // on the CPU the pass is mostly the host's own work.)
+        model.offload().gpu_layers >= model.offload().layers,
     );
+    if model.gpu_layers() > 0 {
+        backend.warm_up();
+    }
+    let _ = ready.send(Ok(()));
     Scheduler::new(&*model, backend, &config, stats).run(inbox);
 }

@@ -88,7 +88,7 @@ pub struct LlamaBackend<'m> {
     capacity: usize,
     /// The model's vision projector, if it has one.
     projector: Option<std::sync::Arc<Projector>>,
-    /// Layers run on a GPU: llama.cpp's decode launches the pass and returns.
+    /// Every layer runs on a GPU: llama.cpp's decode launches the pass and returns.
     offloaded: bool,
 }
 
@@ -105,6 +105,32 @@ impl<'m> LlamaBackend<'m> {
             capacity: batch_size,
             projector,
             offloaded,
+        }
+    }
+}
+
+impl LlamaBackend<'_> {
+    /// Run a one-token and a 16-token pass and forget them. CUDA loads each kernel on its
+    /// first use (tens of ms in all), which would otherwise land on the first request's time
+    /// to first token; llama-server warms up the same way. For models with layers on a GPU:
+    /// on the CPU nothing is loaded lazily.
+    pub fn warm_up(&mut self) {
+        for len in [1, 16.min(self.capacity)] {
+            let batch: Vec<BatchEntry> = (0..len)
+                .map(|position| BatchEntry {
+                    token: 0,
+                    position,
+                    slot: 0,
+                    logits: position + 1 == len,
+                })
+                .collect();
+            let decoded = self.decode(&batch);
+            self.synchronize();
+            self.remove(0, 0);
+            if let Err(e) = decoded {
+                tracing::warn!(%e, "warming up the GPU failed");
+                return;
+            }
         }
     }
 }

@@ -106,10 +106,12 @@ enum Lookup {
 }
 
 /// Which idle GPU holder to unload for a model needing `need` bytes where `free` are free:
-/// none if it fits, else the one idle longest. `holders`: (idle since, bytes it frees; 0 for
-/// a busy one, which is never chosen).
+/// none if it fits, or if unloading every idle holder would still not make it fit; else the
+/// one idle longest. `holders`: (idle since, bytes it frees; 0 for a busy one, which is never
+/// chosen).
 fn gpu_victim(need: u64, free: u64, holders: &[(Instant, u64)]) -> Option<usize> {
-    if need <= free {
+    let reachable = free.saturating_add(holders.iter().map(|h| h.1).sum());
+    if need <= free || need > reachable {
         return None;
     }
     (0..holders.len())
@@ -458,8 +460,10 @@ impl ModelManager {
     /// least recently used first, until the GPUs' free memory covers its estimate (weights +
     /// KV, as if every layer went there). The load then fits as many layers as there is room
     /// for (`--gpu-layers auto`), so a busy GPU means a slower model, never a refusal or an
-    /// out-of-memory error mid-request. Free memory is summed over the GPUs a holder sees
-    /// (a model split over several takes from each).
+    /// out-of-memory error mid-request. Free memory is the main GPU's with `--split-mode
+    /// none`, else summed over the GPUs (a split model takes from each). Nothing is unloaded
+    /// unless unloading makes the model fit: a model larger than the GPUs, or one that other
+    /// processes leave no room for, loads beside the others with the layers that fit.
     async fn make_gpu_room(&self, entry: &Arc<ModelEntry>) {
         if entry.settings.gpu_layers.trim() == "0" {
             return;
@@ -481,7 +485,15 @@ impl ModelManager {
             let Some(status) = asked.ping().await else {
                 return;
             };
-            let free = status.gpus.iter().map(|g| g.free_bytes).sum();
+            let single = entry.settings.split_mode == "none";
+            let main = entry.settings.main_gpu as usize;
+            let free = status
+                .gpus
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !single || *i == main)
+                .map(|(_, g)| g.free_bytes)
+                .sum();
             let idle: Vec<(Instant, u64)> = holders
                 .iter()
                 .map(|(e, w)| {
@@ -764,9 +776,12 @@ mod tests {
         let holders = [(recent, 8 * GIB), (old, 2 * GIB)];
         assert_eq!(gpu_victim(9 * GIB, GIB, &holders), Some(1));
         // A busy holder (nothing to free) is never chosen, however old.
-        let holders = [(old, 0), (recent, 3 * GIB)];
+        let holders = [(old, 0), (recent, 8 * GIB)];
         assert_eq!(gpu_victim(9 * GIB, GIB, &holders), Some(1));
         assert_eq!(gpu_victim(9 * GIB, GIB, &[(old, 0)]), None);
         assert_eq!(gpu_victim(9 * GIB, GIB, &[]), None);
+        // Unloading every idle holder would not make room: nobody goes.
+        let holders = [(old, 2 * GIB), (recent, 3 * GIB)];
+        assert_eq!(gpu_victim(9 * GIB, GIB, &holders), None);
     }
 }
