@@ -265,9 +265,15 @@ fn idle_models_unload_and_come_back_and_load_unload_work_on_demand() {
     let first = server
         .worker_pid("smol")
         .expect("loaded for the idle timeout after its request");
+    let memory = |server: &Server| server.metric("hearth:worker_memory_bytes", "model=\"smol\"");
+    assert!(
+        memory(&server) > 0.0,
+        "a loaded worker's memory is measured"
+    );
     wait_until("smol to unload when idle", Duration::from_secs(15), || {
         state_of(&server, "smol") == "unloaded"
     });
+    assert_eq!(memory(&server), 0.0, "an unloaded model holds no memory");
     wait_until("its worker to exit", Duration::from_secs(5), || {
         !process_exists(first)
     });

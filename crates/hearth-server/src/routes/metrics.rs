@@ -33,8 +33,28 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     metrics.models_loaded.set(loaded);
-    // The periodic pings' last answers: a scrape never waits on a worker.
-    for worker in state.models.running_workers().await {
+    // The periodic pings' last answers: a scrape never waits on a worker. What describes a
+    // worker goes with it (an unloaded model's memory series end rather than keep its last
+    // value), and the GPUs are the ones running workers see now.
+    let workers = state.models.running_workers().await;
+    for view in state.models.list() {
+        if workers.iter().any(|w| w.model_id == view.id) {
+            continue;
+        }
+        for gauge in [
+            &metrics.num_requests_paused,
+            &metrics.prompt_cache_host_bytes,
+            &metrics.prompt_cache_host_entries,
+            &metrics.model_vram_bytes,
+            &metrics.worker_memory_bytes,
+        ] {
+            let _ = gauge.remove_label_values(&[&view.id]);
+        }
+        let _ = metrics.kv_cache_usage.remove_label_values(&[&view.id]);
+    }
+    metrics.gpu_memory_used_bytes.reset();
+    metrics.gpu_memory_total_bytes.reset();
+    for worker in workers {
         let model = worker.model_id.as_str();
         if let Some(status) = worker.liveness().last_status {
             let usage = status.kv_used as f64 / status.kv_capacity.max(1) as f64;
