@@ -105,6 +105,12 @@ enum Lookup {
     Cached(std::path::PathBuf),
 }
 
+/// The host-RAM part of a model's estimated `footprint` once `vram` bytes of it went to GPUs:
+/// never below 1/16 of the estimate (the process, the host side of the context).
+fn host_share(footprint: u64, vram: u64) -> u64 {
+    footprint.saturating_sub(vram).max(footprint / 16)
+}
+
 /// Which idle GPU holder to unload for a model needing `need` bytes where `free` are free:
 /// none if it fits, or if unloading every idle holder would still not make it fit; else the
 /// one idle longest. `holders`: (idle since, bytes it frees; 0 for a busy one, which is never
@@ -364,6 +370,10 @@ impl ModelManager {
                 status.failures = 0;
                 status.retry_at = None;
                 status.loaded = true;
+                // What went to a GPU is not host RAM: the estimate counted the whole model
+                // (the pings raise it again to the worker's resident memory if that is more).
+                status.footprint.ram_bytes =
+                    host_share(status.footprint.ram_bytes, worker.ready.vram_bytes);
                 drop(status);
                 *slot = Some(worker.clone());
                 Ok(worker)
@@ -764,6 +774,18 @@ impl ModelManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_went_to_a_gpu_is_not_counted_as_host_ram() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(
+            host_share(10 * GIB, 0),
+            10 * GIB,
+            "a CPU model keeps its estimate"
+        );
+        assert_eq!(host_share(10 * GIB, 6 * GIB), 4 * GIB);
+        assert_eq!(host_share(16 * GIB, 20 * GIB), GIB, "never below a 16th");
+    }
 
     #[test]
     fn the_gpu_makes_room_from_its_longest_idle_holder_and_only_when_needed() {
