@@ -142,6 +142,8 @@ pub struct Sampler {
     /// Every token seen (prompt and generated), for the repetition penalty.
     seen: Vec<bool>,
     scratch: Vec<f32>,
+    /// Unnormalised probabilities of the whole vocabulary (stochastic sampling).
+    probs: Vec<f32>,
     candidates: Vec<(u32, f32)>,
 }
 
@@ -163,6 +165,7 @@ impl Sampler {
             generated: HashMap::new(),
             seen,
             scratch: Vec::with_capacity(vocab_size),
+            probs: Vec::new(),
             candidates: Vec::new(),
         }
     }
@@ -280,22 +283,41 @@ impl Sampler {
 
     fn sample_stochastic(&mut self) -> u32 {
         let inv_temp = 1.0 / self.params.temperature;
-        let max = self
-            .scratch
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = max_logit(&self.scratch);
         if max == f32::NEG_INFINITY {
             return argmax(&self.scratch);
         }
-        // Candidates hold unnormalised probabilities.
+        // Unnormalised probabilities, exp((l - max) / T), for the whole vocabulary in one
+        // vectorised pass (`exp_below_zero`), then a draw over them (`draw`) or over the
+        // nucleus (`nucleus`) without building a list of the vocabulary. For 49k logits
+        // spread over 20 units at temperature 0.8 (a timing loop on this machine's CPU): 183
+        // -> 70 µs a token with nothing cut, 1.2 ms -> 0.22 ms with top_p 0.95.
+        self.probs.clear();
+        self.probs
+            .extend(self.scratch.iter().map(|&l| (l - max) * inv_temp));
+        exp_below_zero(&mut self.probs);
+        let p = &self.params;
+        if p.top_k == 0 && p.min_p <= 0.0 {
+            if p.top_p >= 1.0 {
+                // Nothing is cut: draw straight from the whole vocabulary's weights.
+                return draw(&self.probs, self.rng.random::<f32>())
+                    .unwrap_or_else(|| argmax(&self.scratch));
+            }
+            // Only top_p: the nucleus straight from the weights.
+            let items = self.probs.iter().enumerate().map(|(t, &w)| (t as u32, w));
+            nucleus(items, p.top_p, &mut self.candidates);
+            let weights: Vec<f32> = self.candidates.iter().map(|c| c.1).collect();
+            return draw(&weights, self.rng.random::<f32>())
+                .map(|i| self.candidates[i as usize].0)
+                .unwrap_or_else(|| argmax(&self.scratch));
+        }
         self.candidates.clear();
         self.candidates.extend(
-            self.scratch
+            self.probs
                 .iter()
                 .enumerate()
-                .map(|(t, &l)| (t as u32, ((l - max) * inv_temp).exp()))
-                .filter(|&(_, p)| p > 0.0),
+                .filter(|&(_, &p)| p > 0.0)
+                .map(|(t, &p)| (t as u32, p)),
         );
         let top_k = self.params.top_k;
         if top_k > 0 && top_k < self.candidates.len() {
@@ -327,39 +349,90 @@ impl Sampler {
     }
 }
 
-/// Keep the smallest most-likely set whose mass reaches `top_p`.
-///
-/// Sorting the whole vocabulary per token costs more than the decode step of a small model,
-/// so sort a growing prefix: most distributions reach `top_p` within a few dozen tokens.
-fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
-    let total: f32 = candidates.iter().map(|c| c.1).sum();
-    let target = top_p * total;
-    let mut window = 64;
-    loop {
-        let n = window.min(candidates.len());
-        if n < candidates.len() {
-            candidates.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+/// How far below the best logit, in temperatures, a token still is a sampling candidate: one
+/// e^-30 (~1e-13) as likely as the best. All those below together stay under 1e-8 even over
+/// a 150k vocabulary, below what the f32 draw can resolve (2^-24).
+const TAIL_CUTOFF: f32 = 30.0;
+
+/// The index a draw `u` in [0, 1) lands on among `weights` (unnormalised, >= 0), in blocks
+/// whose sums vectorise, so the whole vocabulary is summed and searched without a candidate
+/// list. `None` if every weight is 0.
+fn draw(weights: &[f32], u: f32) -> Option<u32> {
+    const BLOCK: usize = 256;
+    let sums: Vec<f32> = weights.chunks(BLOCK).map(lane_sum).collect();
+    let total: f32 = sums.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut target = u * total;
+    let mut last = None;
+    for (block, &sum) in sums.iter().enumerate() {
+        if sum <= 0.0 {
+            continue;
         }
-        candidates[..n].sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        let mut mass = 0.0;
-        for i in 0..n {
-            mass += candidates[i].1;
-            if mass >= target {
-                candidates.truncate(i + 1);
-                return;
+        let start = block * BLOCK;
+        if target < sum {
+            for (i, &w) in weights[start..].iter().take(BLOCK).enumerate() {
+                if w > 0.0 {
+                    last = Some((start + i) as u32);
+                    if target < w {
+                        return last;
+                    }
+                    target -= w;
+                }
             }
+            // Rounding left the target past this block's last weight: take that one.
+            return last;
         }
-        if n == candidates.len() {
-            return;
+        target -= sum;
+        last = weights[start..]
+            .iter()
+            .take(BLOCK)
+            .rposition(|&w| w > 0.0)
+            .map(|i| (start + i) as u32);
+    }
+    last
+}
+
+/// A sum in 16 lanes, which the compiler vectorises (a plain fold must add in order).
+fn lane_sum(values: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
         }
-        window *= 8;
+    }
+    lanes.iter().chain(rest).sum()
+}
+
+/// `x = e^x` in place for `x <= 0`, 0 below `-TAIL_CUTOFF` and for NaN (what `exp` and the
+/// old `p > 0` filter gave -inf and NaN). Branch-free arithmetic the compiler vectorises:
+/// 2^n · e^r with n = round(x / ln 2) and a degree-6 Taylor polynomial for e^r on
+/// |r| <= ln2 / 2 (relative error under 2e-7, about an f32 ulp).
+fn exp_below_zero(values: &mut [f32]) {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    for v in values.iter_mut() {
+        let x = *v;
+        let inside = x >= -TAIL_CUTOFF;
+        let clamped = x.clamp(-TAIL_CUTOFF, 0.0);
+        let n = (clamped * LOG2_E + 0.5).floor();
+        let r = clamped - n * LN2_HI - n * LN2_LO;
+        let poly = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        *v = if inside { poly * scale } else { 0.0 };
     }
 }
 
-/// The first index of the largest logit; 0 when none is above -inf (NaN never wins). Two
-/// passes the compiler vectorises — lane-wise maxima, then the first index holding the
-/// largest — where one scan keeping the index branches on every logit.
-fn argmax(logits: &[f32]) -> u32 {
+/// The largest logit (NaN never wins; -inf when there is none), lane-wise like `argmax`.
+fn max_logit(logits: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
@@ -371,10 +444,72 @@ fn argmax(logits: &[f32]) -> u32 {
             }
         }
     }
-    let max = lanes
+    lanes
         .iter()
         .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m })
+}
+
+/// Keep the smallest most-likely set whose mass reaches `top_p`.
+///
+/// Sorting the vocabulary per token costs more than a small model's decode step, and a flat
+/// distribution's nucleus holds most of it (sorting growing windows took 1.2 ms a token for
+/// 49k logits at temperature 0.8). Instead, one pass adds each candidate's weight into a bucket
+/// by the top bits of its float (exponent and 6 mantissa bits: weights within 1.6% of each
+/// other share one), the buckets are walked from the heaviest weights down to the one where
+/// the mass reaches `top_p`, and only that bucket's candidates are sorted.
+fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
+    let all = std::mem::take(candidates);
+    nucleus(all.iter().copied(), top_p, candidates);
+}
+
+/// `truncate_top_p` over `items` (weights in (0, 1]; others skipped), into `out`: two passes
+/// over the items and a sort of one bucket, never a list of the whole vocabulary.
+fn nucleus(items: impl Iterator<Item = (u32, f32)> + Clone, top_p: f32, out: &mut Vec<(u32, f32)>) {
+    // Weights in (0, 1] (exp of x <= 0) are positive floats, whose bits order like their
+    // values. Bucket 0 holds 1.0; a larger index, smaller weights.
+    const SHIFT: u32 = 17;
+    let top = (1.0f32.to_bits() >> SHIFT) as usize;
+    let bucket = |w: f32| top.saturating_sub((w.to_bits() >> SHIFT) as usize).min(top);
+    let mut mass = vec![0.0f32; top + 1];
+    for (_, w) in items.clone().filter(|&(_, w)| w > 0.0) {
+        mass[bucket(w)] += w;
+    }
+    let total: f32 = mass.iter().sum();
+    let target = top_p * total;
+    let mut before = 0.0;
+    let mut boundary = top;
+    for (b, &m) in mass.iter().enumerate() {
+        if before + m >= target {
+            boundary = b;
+            break;
+        }
+        before += m;
+    }
+    out.clear();
+    let mut edge: Vec<(u32, f32)> = Vec::new();
+    for (t, w) in items.filter(|&(_, w)| w > 0.0) {
+        match bucket(w).cmp(&boundary) {
+            std::cmp::Ordering::Less => out.push((t, w)),
+            std::cmp::Ordering::Equal => edge.push((t, w)),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    edge.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    for c in edge {
+        out.push(c);
+        before += c.1;
+        if before >= target {
+            break;
+        }
+    }
+}
+
+/// The first index of the largest logit; 0 when none is above -inf (NaN never wins). Two
+/// passes the compiler vectorises — lane-wise maxima, then the first index holding the
+/// largest — where one scan keeping the index branches on every logit.
+fn argmax(logits: &[f32]) -> u32 {
+    let max = max_logit(logits);
     if max == f32::NEG_INFINITY {
         return 0;
     }
@@ -520,6 +655,121 @@ mod tests {
                 fast.accept(token);
                 full.accept(token);
             }
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_softmax_and_reaches_unlikely_tokens() {
+        // Probabilities 1 : e^-1 : e^-3 : e^-6 at temperature 1, and one token 40 below the
+        // best (e^-40: past the cutoff, never drawn).
+        let logits = [0.0, -1.0, -3.0, -6.0, -40.0];
+        let weights: Vec<f64> = logits.iter().map(|&l: &f32| f64::from(l).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut s = Sampler::new(
+            SamplingParams {
+                seed: Some(5),
+                ..Default::default()
+            },
+            &[],
+            5,
+        );
+        let draws = 200_000;
+        let mut counts = [0usize; 5];
+        for _ in 0..draws {
+            counts[s.sample(&logits, None).0 as usize] += 1;
+        }
+        for (token, &count) in counts.iter().enumerate().take(4) {
+            let expected = weights[token] / total * draws as f64;
+            // Within 5 standard deviations of the binomial count.
+            let sd = (expected * (1.0 - weights[token] / total)).sqrt();
+            assert!(
+                (count as f64 - expected).abs() < 5.0 * sd + 1.0,
+                "token {token}: {count} draws, expected {expected:.0}"
+            );
+        }
+        assert!(counts[3] > 0, "a token at e^-6 is still drawn");
+        let mut values = vec![
+            0.0,
+            -1e-6,
+            -0.5,
+            -1.0,
+            -7.3,
+            -29.9,
+            -30.5,
+            f32::NEG_INFINITY,
+        ];
+        values.push(f32::NAN);
+        let expected: Vec<f64> = values.iter().map(|&x| f64::from(x).exp()).collect();
+        exp_below_zero(&mut values);
+        for (i, (&got, &want)) in values.iter().zip(&expected).enumerate().take(6) {
+            assert!(
+                ((f64::from(got) - want) / want).abs() < 4e-7,
+                "exp({i}): {got} vs {want}"
+            );
+        }
+        assert_eq!(
+            &values[6..],
+            &[0.0, 0.0, 0.0],
+            "below the cutoff, -inf, NaN"
+        );
+        let mut grid: Vec<f32> = (0..=30_000).map(|i| -(i as f32) / 1000.0).collect();
+        let exact: Vec<f64> = grid.iter().map(|&x| f64::from(x).exp()).collect();
+        exp_below_zero(&mut grid);
+        let worst = grid
+            .iter()
+            .zip(&exact)
+            .map(|(&got, &want)| ((f64::from(got) - want) / want).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 4e-7, "worst relative error {worst:e}");
+        // A draw lands on the token whose share of the total covers it, zeros skipped.
+        let weights = [0.0, 1.0, 0.0, 3.0, 0.0];
+        assert_eq!(draw(&weights, 0.0), Some(1));
+        assert_eq!(draw(&weights, 0.24), Some(1));
+        assert_eq!(draw(&weights, 0.26), Some(3));
+        assert_eq!(draw(&weights, 0.999_999), Some(3));
+        assert_eq!(draw(&[0.0; 600], 0.5), None);
+        let mut long = vec![0.0; 1000];
+        long[700] = 2.0;
+        long[300] = 2.0;
+        assert_eq!(draw(&long, 0.49), Some(300));
+        assert_eq!(draw(&long, 0.51), Some(700));
+        assert_eq!(counts[4], 0);
+        assert_eq!(max_logit(&[f32::NAN, -1.0, f32::NEG_INFINITY]), -1.0);
+    }
+
+    #[test]
+    fn top_p_keeps_the_most_likely_tokens_whose_mass_reaches_it() {
+        let mut rng = StdRng::seed_from_u64(17);
+        for case in 0..300 {
+            let n = [5, 64, 1000, 20_000][case % 4];
+            let spread = [1.0, 5.0, 30.0][case % 3];
+            let candidates: Vec<(u32, f32)> = (0..n)
+                .map(|t| (t as u32, (-(rng.random::<f32>() * spread)).exp()))
+                .collect();
+            let top_p = [0.1, 0.5, 0.9, 0.95, 0.999][case % 5];
+            let mut kept = candidates.clone();
+            truncate_top_p(&mut kept, top_p);
+            let mut by_weight = candidates.clone();
+            by_weight.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut ids: Vec<u32> = kept.iter().map(|c| c.0).collect();
+            let mut best: Vec<u32> = by_weight[..kept.len()].iter().map(|c| c.0).collect();
+            ids.sort_unstable();
+            best.sort_unstable();
+            assert_eq!(ids, best, "case {case}: not the most likely tokens");
+            // Its mass reaches top_p, and without its least likely token it would not (in
+            // f64, within f32 rounding of the sums).
+            let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
+            let target = f64::from(top_p) * total;
+            let mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
+            let smallest = kept.iter().map(|c| f64::from(c.1)).fold(f64::MAX, f64::min);
+            assert!(
+                mass >= target * (1.0 - 1e-5),
+                "case {case}: {mass} < {target}"
+            );
+            assert!(
+                mass - smallest < target * (1.0 + 1e-5),
+                "case {case}: more than needed"
+            );
         }
     }
 

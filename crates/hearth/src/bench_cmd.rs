@@ -35,8 +35,16 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         measure(&engine, &prompt, 1, 1)
             .map(|r| args.prompt_tokens as f64 / r.first_token.as_secs_f64())
     }))?;
+    let sampled = if args.temperature > 0.0 {
+        format!(
+            " | decode sampled at temperature {} top_p {}",
+            args.temperature, args.top_p
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "hearth bench: {} | threads {threads} | prompt {} tokens | {} generated tokens per sequence\n",
+        "hearth bench: {} | threads {threads} | prompt {} tokens | {} generated tokens per sequence{sampled}\n",
         engine.model().info().path.display(),
         args.prompt_tokens,
         args.gen_tokens
@@ -46,7 +54,13 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     println!("| prefill pp{} | {prefill:.1} |", args.prompt_tokens);
     let mut phases = Vec::new();
     for &n in &args.concurrency {
-        let run = median((0..args.repeat).map(|_| measure(&engine, &prompt, n, args.gen_tokens)))?;
+        let run = median((0..args.repeat).map(|_| {
+            let sampling = Sampling::Random {
+                temperature: args.temperature,
+                top_p: args.top_p,
+            };
+            measure_with(&engine, &prompt, n, args.gen_tokens, None, sampling)
+        }))?;
         let label = if n == 1 {
             format!("decode tg{} (1 sequence)", args.gen_tokens)
         } else {
@@ -66,8 +80,17 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     let (mut free, mut constrained) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat.max(3) {
         free.push(measure(&engine, &prompt, 1, args.gen_tokens)?.decode_rate);
-        constrained
-            .push(measure_with(&engine, &prompt, 1, args.gen_tokens, format.clone())?.decode_rate);
+        constrained.push(
+            measure_with(
+                &engine,
+                &prompt,
+                1,
+                args.gen_tokens,
+                format.clone(),
+                Sampling::Greedy,
+            )?
+            .decode_rate,
+        );
     }
     let free = median(free.into_iter().map(Ok))?;
     let constrained = median(constrained.into_iter().map(Ok))?;
@@ -150,7 +173,18 @@ pub struct Run {
 
 /// Run `n` identical-length sequences to `gen` tokens each, end-of-turn suppressed.
 fn measure(engine: &Engine, prompt: &[u32], n: usize, gen: usize) -> Result<Run> {
-    measure_with(engine, prompt, n, gen, None)
+    measure_with(engine, prompt, n, gen, None, Sampling::Greedy)
+}
+
+/// How the measured sequences choose tokens.
+#[derive(Clone, Copy)]
+enum Sampling {
+    Greedy,
+    /// Temperature 0 here is greedy too.
+    Random {
+        temperature: f32,
+        top_p: f32,
+    },
 }
 
 /// As `measure`, with every sequence constrained to `format`.
@@ -160,8 +194,13 @@ fn measure_with(
     n: usize,
     gen: usize,
     format: Option<OutputFormat>,
+    how: Sampling,
 ) -> Result<Run> {
     let mut sampling = SamplingParams::greedy();
+    if let Sampling::Random { temperature, top_p } = how {
+        sampling.temperature = temperature;
+        sampling.top_p = top_p;
+    }
     for &eog in &engine.model().info().eog_tokens {
         sampling.logit_bias.insert(eog, -100.0);
     }
@@ -173,7 +212,11 @@ fn measure_with(
         engine.submit_with_sink(
             GenerationRequest {
                 prompt: prompt.to_vec(),
-                sampling: sampling.clone(),
+                sampling: SamplingParams {
+                    // Each sequence its own seed: same run, same tokens.
+                    seed: Some(i as u64),
+                    ..sampling.clone()
+                },
                 max_tokens: Some(gen),
                 stop: vec![],
                 format: format.clone(),

@@ -622,4 +622,11 @@ pub struct BenchArgs {
     /// Also measure one stream through `hearth serve` over HTTP, against the engine alone.
     #[arg(long)]
     pub http: bool,
+    /// Sampling temperature of the decode measurements (0: greedy). Prefill, structured
+    /// output and `--http` stay greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// top_p of the decode measurements, with `--temperature`.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
 }
