@@ -144,6 +144,8 @@ pub struct Sampler {
     scratch: Vec<f32>,
     /// Unnormalised probabilities of the whole vocabulary (stochastic sampling).
     probs: Vec<f32>,
+    /// top_p's weight per bucket (`nucleus`), kept between tokens.
+    buckets: Vec<f32>,
     candidates: Vec<(u32, f32)>,
 }
 
@@ -166,6 +168,7 @@ impl Sampler {
             seen,
             scratch: Vec::with_capacity(vocab_size),
             probs: Vec::new(),
+            buckets: Vec::new(),
             candidates: Vec::new(),
         }
     }
@@ -305,9 +308,11 @@ impl Sampler {
             }
             // Only top_p: the nucleus straight from the weights.
             let items = self.probs.iter().enumerate().map(|(t, &w)| (t as u32, w));
-            nucleus(items, p.top_p, &mut self.candidates);
-            let weights: Vec<f32> = self.candidates.iter().map(|c| c.1).collect();
-            return draw(&weights, self.rng.random::<f32>())
+            nucleus(items, p.top_p, &mut self.buckets, &mut self.candidates);
+            // The whole vocabulary's weights are spent: their buffer holds the nucleus's.
+            self.probs.clear();
+            self.probs.extend(self.candidates.iter().map(|c| c.1));
+            return draw(&self.probs, self.rng.random::<f32>())
                 .map(|i| self.candidates[i as usize].0)
                 .unwrap_or_else(|| argmax(&self.scratch));
         }
@@ -332,7 +337,7 @@ impl Sampler {
             self.candidates.retain(|c| c.1 >= floor * best);
         }
         if self.params.top_p < 1.0 {
-            truncate_top_p(&mut self.candidates, self.params.top_p);
+            truncate_top_p(&mut self.candidates, self.params.top_p, &mut self.buckets);
         }
         let total: f32 = self.candidates.iter().map(|c| c.1).sum();
         let mut target = self.rng.random::<f32>() * total;
@@ -458,20 +463,26 @@ fn max_logit(logits: &[f32]) -> f32 {
 /// by the top bits of its float (exponent and 6 mantissa bits: weights within 1.6% of each
 /// other share one), the buckets are walked from the heaviest weights down to the one where
 /// the mass reaches `top_p`, and only that bucket's candidates are sorted.
-fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32) {
+fn truncate_top_p(candidates: &mut Vec<(u32, f32)>, top_p: f32, buckets: &mut Vec<f32>) {
     let all = std::mem::take(candidates);
-    nucleus(all.iter().copied(), top_p, candidates);
+    nucleus(all.iter().copied(), top_p, buckets, candidates);
 }
 
 /// `truncate_top_p` over `items` (weights in (0, 1]; others skipped), into `out`: two passes
 /// over the items and a sort of one bucket, never a list of the whole vocabulary.
-fn nucleus(items: impl Iterator<Item = (u32, f32)> + Clone, top_p: f32, out: &mut Vec<(u32, f32)>) {
+fn nucleus(
+    items: impl Iterator<Item = (u32, f32)> + Clone,
+    top_p: f32,
+    mass: &mut Vec<f32>,
+    out: &mut Vec<(u32, f32)>,
+) {
     // Weights in (0, 1] (exp of x <= 0) are positive floats, whose bits order like their
     // values. Bucket 0 holds 1.0; a larger index, smaller weights.
     const SHIFT: u32 = 17;
     let top = (1.0f32.to_bits() >> SHIFT) as usize;
     let bucket = |w: f32| top.saturating_sub((w.to_bits() >> SHIFT) as usize).min(top);
-    let mut mass = vec![0.0f32; top + 1];
+    mass.clear();
+    mass.resize(top + 1, 0.0);
     for (_, w) in items.clone().filter(|&(_, w)| w > 0.0) {
         mass[bucket(w)] += w;
     }
@@ -748,7 +759,7 @@ mod tests {
                 .collect();
             let top_p = [0.1, 0.5, 0.9, 0.95, 0.999][case % 5];
             let mut kept = candidates.clone();
-            truncate_top_p(&mut kept, top_p);
+            truncate_top_p(&mut kept, top_p, &mut Vec::new());
             let mut by_weight = candidates.clone();
             by_weight.sort_by(|a, b| b.1.total_cmp(&a.1));
             let mut ids: Vec<u32> = kept.iter().map(|c| c.0).collect();
