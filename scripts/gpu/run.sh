@@ -30,15 +30,20 @@ build() {
   (cmake --build "$W/peers/build" -j 8 --target llama-bench llama-batched-bench llama-server \
     > "$W/peers-build.log" 2>&1; echo $? > "$W/peers-build.rc") &
   # Random-weight llama shapes with SmolLM2's 49k vocabulary, meanwhile.
-  python3 -m pip install -q --no-deps --target "$W/site" "$KIT"/gguf-*.whl
-  PYTHONPATH="$W/site" python3 "$KIT/mkmodel.py" "$KIT/vocab.gguf" "$W/8b-f16.gguf" 8b
+  # (A build cut off by a time limit resumes where it stopped: the model is kept.)
+  if [[ ! -f "$W/8b-q4km.gguf" ]]; then
+    python3 -m pip install -q --no-deps --target "$W/site" "$KIT"/gguf-*.whl
+    PYTHONPATH="$W/site" python3 "$KIT/mkmodel.py" "$KIT/vocab.gguf" "$W/8b-f16.gguf" 8b
+  fi
   wait
   tail -n 3 "$W/hearth-build.log" "$W/peers-build.log"
   [[ $(cat "$W/hearth-build.rc") == 0 && $(cat "$W/peers-build.rc") == 0 ]]
   gcc -O2 -o "$W/quantize" "$KIT/quantize.c" -I "$W/llama.cpp/include" \
     -I "$W/llama.cpp/ggml/include" -L "$W/build/bin" -lllama -Wl,-rpath,"$W/build/bin"
-  "$W/quantize" "$W/8b-f16.gguf" "$W/8b-q4km.gguf" > "$W/quantize.log" 2>&1
-  rm -f "$W/8b-f16.gguf"
+  if [[ ! -f "$W/8b-q4km.gguf" ]]; then
+    "$W/quantize" "$W/8b-f16.gguf" "$W/8b-q4km.gguf" > "$W/quantize.log" 2>&1
+    rm -f "$W/8b-f16.gguf"
+  fi
   ls -la "$W"/*.gguf
   LD_LIBRARY_PATH="$W/build/bin" ldd "$KIT/hearth" | grep -E "llama|ggml|mtmd|cuda" | tee "$OUT/ldd.txt"
 }
@@ -91,6 +96,51 @@ overhead() {
         --concurrency 1,8,32 --repeat 3
     done
   } 2>&1 | tee "$OUT/overhead.txt"
+}
+
+# Where the distance between hearth's llama.cpp and the peers' comes from: the peers'
+# llama.cpp built a second time as shared libraries (as hearth's are), and the peers'
+# llama-bench / llama-batched-bench sources compiled against hearth's libraries. Same tools,
+# same model; only the library build (static/shared) or the llama.cpp version changes.
+linkage_build() {
+  mkdir -p "$W/peers-so" && tar xJf "$KIT/peers-llama.tar.xz" -C "$W/peers-so"
+  cmake -S "$W/peers-so/llama.cpp" -B "$W/peers-so/build" "${CUDA_FLAGS[@]}" -DBUILD_SHARED_LIBS=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_CURL=OFF > "$W/peers-so-cmake.log" 2>&1
+  cmake --build "$W/peers-so/build" -j 8 --target llama-bench llama-batched-bench \
+    > "$W/peers-so-build.log" 2>&1
+  tail -n 2 "$W/peers-so-build.log"
+}
+
+linkage() {
+  local model="$W/8b-q4km.gguf" src="$W/peers/llama.cpp" tool
+  for tool in llama-bench batched-bench; do
+    g++ -O2 -std=c++17 -o "$W/same-$tool" "$src"/tools/$tool/*.cpp \
+      -I "$W/llama.cpp/common" -I "$W/llama.cpp/include" -I "$W/llama.cpp/ggml/include" \
+      -L "$W/build/bin" -lllama-common -lllama -lggml -lggml-base \
+      -Wl,-rpath,"$W/build/bin" > "$W/same-$tool.log" 2>&1 || tail -n 5 "$W/same-$tool.log"
+  done
+  {
+    for round in 1 2; do
+      echo "## round $round: llama-bench tg128 -r 5"
+      echo "# peers' llama.cpp, static"
+      "$W/peers/build/bin/llama-bench" -m "$model" -ngl 99 -p 0 -n 128 -r 5 2>/dev/null | grep -E "tg128|model"
+      echo "# peers' llama.cpp, shared"
+      LD_LIBRARY_PATH="$W/peers-so/build/bin" "$W/peers-so/build/bin/llama-bench" -m "$model" \
+        -ngl 99 -p 0 -n 128 -r 5 2>/dev/null | grep -E "tg128|model"
+      echo "# hearth's llama.cpp, shared (peers' llama-bench source)"
+      LD_LIBRARY_PATH="$W/build/bin" "$W/same-llama-bench" -m "$model" -ngl 99 -p 0 -n 128 -r 5 \
+        2>/dev/null | grep -E "tg128|model"
+    done
+    echo "## llama-batched-bench 1/32: peers static, peers shared, hearth's shared"
+    for bin in "$W/peers/build/bin/llama-batched-bench" "$W/peers-so/build/bin/llama-batched-bench" \
+        "$W/same-batched-bench"; do
+      echo "# $bin"
+      LD_LIBRARY_PATH="$W/peers-so/build/bin" && [[ $bin == "$W/same-batched-bench" ]] && LD_LIBRARY_PATH="$W/build/bin"
+      LD_LIBRARY_PATH=$LD_LIBRARY_PATH "$bin" -m "$model" -ngl 99 -c 8192 -b 2048 -ub 512 \
+        -npp 128 -ntg 128 -npl 1,32 2>&1 | grep -E "^\|"
+    done
+  } 2>&1 | tee "$OUT/linkage.txt"
 }
 
 # GPU memory in the lifecycle: two models that each take ~60% of the card (the 8B weights

@@ -133,6 +133,8 @@ pub struct EngineStats {
     /// Sequences paused for high-priority ones, now and in all.
     pub paused: AtomicUsize,
     pub preemptions: AtomicU64,
+    /// Sequences moved to another slot to keep the running ones consecutive (`pack`).
+    pub slot_moves: AtomicU64,
     /// Prompt caches saved in host memory.
     pub host_cache_bytes: AtomicUsize,
     pub host_cache_entries: AtomicUsize,
@@ -153,6 +155,7 @@ pub struct StatsSnapshot {
     pub steps: u64,
     pub paused: usize,
     pub preemptions: u64,
+    pub slot_moves: u64,
     pub host_cache_bytes: usize,
     pub host_cache_entries: usize,
     pub slot_tokens: Vec<usize>,
@@ -377,6 +380,7 @@ impl Engine {
             steps: self.stats.steps.load(Ordering::Relaxed),
             paused: self.stats.paused.load(Ordering::Relaxed),
             preemptions: self.stats.preemptions.load(Ordering::Relaxed),
+            slot_moves: self.stats.slot_moves.load(Ordering::Relaxed),
             host_cache_bytes: self.stats.host_cache_bytes.load(Ordering::Relaxed),
             host_cache_entries: self.stats.host_cache_entries.load(Ordering::Relaxed),
             slot_tokens: self

@@ -234,6 +234,9 @@ pub mod mock {
         pub kv: Vec<Vec<u32>>,
         /// Entries of every decode so far (to count prefill work).
         pub decoded: Vec<Vec<BatchEntry>>,
+        /// Per decode, the runs of consecutive slot ids in batch order: llama.cpp's passes
+        /// over the weights with one KV stream per slot (`split_equal(sequential)`).
+        pub runs: Vec<usize>,
         logits: Vec<Vec<f32>>,
         /// Make the next decode fail.
         pub fail_next: bool,
@@ -301,6 +304,18 @@ pub mod mock {
                 self.logits.push(logits);
             }
             self.decoded.push(batch.to_vec());
+            self.runs.push(
+                batch
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, e)| {
+                        i == 0 || {
+                            let before = batch[i - 1].slot;
+                            e.slot != before && e.slot != before + 1
+                        }
+                    })
+                    .count(),
+            );
             Ok(())
         }
 

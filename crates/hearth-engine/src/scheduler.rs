@@ -132,6 +132,9 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     batch_size: usize,
     /// Reuse cached prefixes (`EngineConfig::prompt_cache`).
     prompt_cache: bool,
+    /// One KV stream per slot (not `kv_unified`): running slots must be consecutive ids
+    /// to decode in one pass (`pack`).
+    packs: bool,
     slots: Vec<SlotCache>,
     /// Counts releases, to order caches by age.
     clock: u64,
@@ -176,6 +179,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             batch: Vec::with_capacity(config.batch_size as usize),
             batch_size: config.batch_size as usize,
             prompt_cache: config.prompt_cache,
+            packs: !config.kv_unified,
             slots: vec![SlotCache::default(); config.parallel],
             clock: 0,
             host: HostCache::new(if config.prompt_cache {
@@ -312,8 +316,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             if self.prompt_cache && self.prefilling_shared(&self.waiting[at].request.prompt) {
                 break;
             }
-            let filling = self.waiting.len() >= self.free_slots.len();
-            let slot = self.choose_slot(&self.waiting[at].request.prompt, filling);
+            let slot = self.choose_slot(&self.waiting[at].request.prompt);
             self.free_slots.retain(|&s| s != slot);
             let Some(submission) = self.waiting.remove(at) else {
                 break;
@@ -463,25 +466,18 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         true
     }
 
-    /// The free slot a new request takes. Running slots must stay one run of consecutive ids
-    /// (with one KV stream per slot llama.cpp puts only consecutive sequence ids in one
-    /// ubatch: see `step`), so the candidates are the free slots next to that run — all of
-    /// them when every slot is about to be busy anyway (`filling`) or none runs. Among them,
-    /// the one whose cache holds most of `prompt` (no copy, nothing displaced: 8 streams
-    /// resending their prompts each find their own slot); ties go to an empty slot, else the
-    /// least recently used. Without a candidate, the best of all free slots.
-    fn choose_slot(&self, prompt: &[u32], filling: bool) -> usize {
-        let lowest = *self.free_slots.last().expect("a slot is free");
-        let (low, high) = match (
-            self.running.iter().map(|seq| seq.slot).min(),
-            self.running.iter().map(|seq| seq.slot).max(),
-        ) {
-            (Some(low), Some(high)) => (low, high),
-            _ => (usize::MAX, usize::MAX),
-        };
-        let packed = high != usize::MAX && high - low + 1 == self.running.len();
-        let adjacent = |s: usize| {
-            filling || self.running.is_empty() || (packed && (s + 1 == low || s == high + 1))
+    /// The free slot a new request takes: the one whose cache holds most of `prompt` (no
+    /// copy, nothing displaced: streams resending their prompts each find their own slot).
+    /// Ties go to a slot next to the running ones (they must end up one run of
+    /// consecutive ids, which `pack` otherwise restores with a copy), then to an empty
+    /// slot, then to the least recently used cache, then to the lowest. Slots with a copy
+    /// in flight are taken last.
+    fn choose_slot(&self, prompt: &[u32]) -> usize {
+        let low = self.running.iter().map(|seq| seq.slot).min();
+        let high = self.running.iter().map(|seq| seq.slot).max();
+        let adjacent = |s: usize| match (low, high) {
+            (Some(low), Some(high)) => s + 1 == low || s == high + 1 || (low < s && s < high),
+            _ => true,
         };
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let held = |s: usize| {
@@ -491,47 +487,100 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 0
             }
         };
-        let best = |keep: &dyn Fn(usize) -> bool| {
-            self.free_slots
-                .iter()
-                .copied()
-                .filter(|&s| !self.pending[s] && keep(s))
-                .max_by_key(|&s| {
-                    let slot = &self.slots[s];
-                    // Ties: an empty slot, else the least recently used cache, else the lowest.
-                    (
-                        held(s),
-                        slot.tokens.is_empty(),
-                        std::cmp::Reverse(slot.released_at),
-                        std::cmp::Reverse(s),
-                    )
-                })
-        };
-        // The slots next to the run all have a copy in flight: the run cannot stay packed
-        // this step, so take the best slot of all rather than the lowest, which may be a
-        // copy's source or destination and could then neither be restored into nor keep its
-        // cache (a warm burst lost a conversation's 20 tokens that way and prefilled them
-        // again). A run already split takes the lowest free slot, which packs it again.
-        let adjacent_pending = self
-            .free_slots
+        self.free_slots
             .iter()
-            .any(|&s| adjacent(s) && self.pending[s]);
-        let lowest_ready = self
-            .free_slots
-            .iter()
-            .rev()
             .copied()
-            .find(|&s| !self.pending[s]);
-        best(&adjacent)
-            .or_else(|| {
-                if adjacent_pending {
-                    best(&|_| true)
-                } else {
-                    None
-                }
+            .max_by_key(|&s| {
+                let slot = &self.slots[s];
+                (
+                    !self.pending[s],
+                    held(s),
+                    adjacent(s),
+                    slot.tokens.is_empty(),
+                    std::cmp::Reverse(slot.released_at),
+                    std::cmp::Reverse(s),
+                )
             })
-            .or(lowest_ready)
-            .unwrap_or(lowest)
+            .expect("a slot is free")
+    }
+
+    /// With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
+    /// one ubatch (`split_equal(sequential)`): running slots with gaps between them cost a
+    /// full pass over the weights per run of consecutive ids, every step until one ends.
+    /// Measured on an H100 (8B, 32 streams coming back to their cached slots): one run
+    /// decoded 2,750 tok/s, eight runs ~1,000; on this CPU 137 → 200 ms a step. So the
+    /// sequences outside the window of consecutive slots that holds most of them move into
+    /// its free slots: one whole-sequence copy each, which llama.cpp carries out at the
+    /// next decode, before the pass (and after any copy queued earlier, so a chain of
+    /// copies reads what the one before wrote). The slot a sequence leaves keeps its
+    /// tokens as a free slot's cache; a cache the move overwrites goes to host memory.
+    fn pack(&mut self) {
+        let n = self.running.len();
+        if !self.packs || n < 2 {
+            return;
+        }
+        let mut busy = vec![false; self.slots.len()];
+        for seq in &self.running {
+            busy[seq.slot] = true;
+        }
+        let (low, high) = (self.running[0].slot, self.running[n - 1].slot);
+        if high - low + 1 == n {
+            return;
+        }
+        // The window holding most running sequences; ties: the one whose free slots hold
+        // the fewest cached tokens (other conversations' caches), then the lowest.
+        let window = (0..=self.slots.len() - n)
+            .max_by_key(|&w| {
+                let inside = (w..w + n).filter(|&s| busy[s]).count();
+                let displaced: usize = (w..w + n)
+                    .filter(|&s| !busy[s])
+                    .map(|s| self.slots[s].tokens.len())
+                    .sum();
+                (inside, std::cmp::Reverse(displaced), std::cmp::Reverse(w))
+            })
+            .expect("n is at most the slot count");
+        let mut targets = (window..window + n).filter(|&s| !busy[s]);
+        for at in 0..n {
+            let from = self.running[at].slot;
+            if (window..window + n).contains(&from) {
+                continue;
+            }
+            let to = targets
+                .next()
+                .expect("as many free slots inside as running outside");
+            self.save_to_host(to);
+            self.backend.copy(from, to);
+            self.pending[from] = true;
+            self.pending[to] = true;
+            self.free_slots.retain(|&s| s != to);
+            self.slots[to] = self.slots[from].clone();
+            // What `from` holds now is the sequence so far: a cache like any released one.
+            let seq = &self.running[at];
+            self.clock += 1;
+            let cache = &mut self.slots[from];
+            cache.released_at = self.clock;
+            cache.tokens.clear();
+            if self.prompt_cache {
+                cache.tokens.extend_from_slice(&seq.prompt[..seq.prefilled]);
+                if seq.prefilled == seq.prompt.len() {
+                    cache.tokens.extend_from_slice(&seq.history);
+                }
+                cache.prompt_len = seq.prefilled;
+            } else {
+                cache.prompt_len = 0;
+                self.backend.remove(from, 0);
+            }
+            self.running[at].slot = to;
+            self.free(from);
+            self.stats.slot_moves.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                id = self.running[at].id,
+                from,
+                to,
+                "moved next to the running slots"
+            );
+        }
+        self.running.sort_unstable_by_key(|seq| seq.slot);
     }
 
     /// A running sequence is still reading a prefix of at least `SHARE_PREFILL_TOKENS` that
@@ -688,11 +737,12 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     fn step(&mut self) {
         // With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
         // one ubatch (`split_equal(sequential)`): a batch in any other order is decoded as
-        // several ubatches, each a full pass over the weights. Ascending slot order (with
-        // the lowest free slot reused first) keeps a step to one pass; it measured 1.8x at 8
-        // sequences once slots had been recycled.
+        // several ubatches, each a full pass over the weights. Ascending slot order, over
+        // slots `pack` keeps consecutive, keeps a step to one pass (1.8x at 8 sequences once
+        // slots had been recycled, ~2.7x at 32 on a GPU).
         let started = Instant::now();
         self.running.sort_unstable_by_key(|seq| seq.slot);
+        self.pack();
         self.decode_one_image();
         self.batch.clear();
         let mut budget = self.batch_size;
@@ -970,8 +1020,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
 
     fn free(&mut self, slot: usize) {
         self.free_slots.push(slot);
-        // Highest first, so `pop` hands out the lowest free slot: running slots stay packed
-        // (see `step`).
+        // Highest first: the lowest free slot is last (a resumed sequence takes it).
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
     }
 
@@ -1294,9 +1343,18 @@ mod tests {
             (id, run)
         }
 
+        /// One admission and step; every step must be one pass over the weights (`pack`).
         fn step(&mut self) {
             self.scheduler.admit();
+            let decodes = self.scheduler.backend.runs.len();
             self.scheduler.step();
+            for (at, &runs) in self.scheduler.backend.runs.iter().enumerate().skip(decodes) {
+                let slots: Vec<usize> = self.scheduler.backend.decoded[at]
+                    .iter()
+                    .map(|e| e.slot)
+                    .collect();
+                assert_eq!(runs, 1, "a step in several passes: slots {slots:?}");
+            }
         }
 
         fn run_until_idle(&mut self) {
@@ -1378,7 +1436,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_is_copied_next_to_the_running_slots_and_others_are_left_alone() {
+    fn a_sequence_moves_next_to_the_running_slots_and_other_caches_are_left_alone() {
         let mut h = Harness::new(4, true);
         let (x, y, z) = (prompt(4, 60), prompt(5, 60), prompt(6, 30));
         h.generate(&x, 4); // slot 0
@@ -1386,7 +1444,8 @@ mod tests {
         assert!(h.kv(0).starts_with(&x) && h.kv(1).starts_with(&y));
         let (_, z_run) = h.submit(&z, 40);
         h.step(); // z runs in slot 2
-                  // x again: slots next to z's are 1 (y's) and 3 (empty); x's cache is copied into 3.
+                  // x again: it starts in its own slot 0, not next to z's, and moves to 3 (empty)
+                  // rather than over y's cache in 1.
         let copies = h.scheduler.backend.copies;
         let (again, cached) = h.generate(&x, 4);
         assert_eq!((again, cached), (cold(&x, 4), 60 - REDECODE_TOKENS));
@@ -1396,9 +1455,10 @@ mod tests {
         let (again, cached) = h.generate(&y, 4);
         assert_eq!((again, cached), (cold(&y, 4), 60 - REDECODE_TOKENS));
         assert_eq!(h.scheduler.backend.copies, copies + 1);
-        assert!(
-            h.kv(0).starts_with(&x),
-            "x's first cache was left where it was"
+        assert_eq!(
+            h.kv(0),
+            &x[..60 - REDECODE_TOKENS],
+            "x's first cache, up to where the second x took over, was left where it was"
         );
         assert!(z_run.lock().unwrap().error.is_none());
     }
@@ -1422,6 +1482,49 @@ mod tests {
             h.scheduler.backend.copies, copies_before,
             "a cache was copied"
         );
+    }
+
+    #[test]
+    fn streams_coming_back_to_scattered_slots_are_moved_next_to_each_other() {
+        // Round 1 fills all eight slots; in round 2 four of the streams come back, to their
+        // own caches in slots 0, 3, 5 and 7. Decoded there, every step would be four passes
+        // over the weights: the sequences move into one run of slots (a copy each) and keep
+        // their whole prompts and their tokens; the slots they left keep them as caches.
+        let mut h = Harness::new(8, true);
+        let system = prompt(50, 20);
+        let prompts: Vec<Vec<u32>> = (0..8)
+            .map(|i| {
+                let mut p = system.clone();
+                p.extend(prompt(51 + i, 10));
+                p
+            })
+            .collect();
+        let firsts: Vec<Shared> = prompts.iter().map(|p| h.submit(p, 12).1).collect();
+        h.run_until_idle();
+        let back = [0, 3, 5, 7];
+        let decodes = h.scheduler.backend.runs.len();
+        let runs: Vec<Shared> = back.iter().map(|&i| h.submit(&prompts[i], 12).1).collect();
+        h.run_until_idle();
+        assert_eq!(
+            h.scheduler.backend.runs[decodes..],
+            vec![1; h.scheduler.backend.runs.len() - decodes],
+            "a step was decoded in several passes"
+        );
+        assert!(h.scheduler.stats.slot_moves.load(Ordering::Relaxed) >= 2);
+        for (run, &i) in runs.iter().zip(&back) {
+            let run = run.lock().unwrap();
+            assert_eq!(run.error, None);
+            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
+            assert_eq!(run.tokens, firsts[i].lock().unwrap().tokens);
+        }
+        // A third time, all of each prompt is still cached somewhere.
+        let runs: Vec<Shared> = back.iter().map(|&i| h.submit(&prompts[i], 12).1).collect();
+        h.run_until_idle();
+        for (run, &i) in runs.iter().zip(&back) {
+            let run = run.lock().unwrap();
+            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
+            assert_eq!(run.tokens, firsts[i].lock().unwrap().tokens);
+        }
     }
 
     #[test]

@@ -519,6 +519,42 @@ fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() 
     assert_eq!(generate(&replay, greedy(follow_up, 24)).tokens, warm.tokens);
 }
 
+/// Conversations that come back to their cached slots 0 and 3 of four would be decoded in
+/// two passes a step; one of them moves next to the other (a KV copy across llama.cpp's
+/// per-slot streams, carried out at the next decode) and both answer exactly as before.
+#[test]
+fn sequences_moved_to_consecutive_slots_answer_as_before() {
+    let engine = engine(4);
+    let prompts: Vec<Vec<u32>> = [
+        "Name a river of Europe.",
+        "Say something about cats.",
+        "What is two plus two?",
+        "Write one line about the sea.",
+    ]
+    .iter()
+    .map(|q| chat_prompt(q))
+    .collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy(p.clone(), 24)).unwrap())
+        .collect();
+    let firsts: Vec<_> = handles.into_iter().map(|h| collect(h.events)).collect();
+    assert_eq!(engine.stats().slot_moves, 0);
+    let handles: Vec<_> = [0, 3]
+        .iter()
+        .map(|&i| engine.submit(greedy(prompts[i].clone(), 24)).unwrap())
+        .collect();
+    let seconds: Vec<_> = handles.into_iter().map(|h| collect(h.events)).collect();
+    assert!(engine.stats().slot_moves >= 1, "{:?}", engine.stats());
+    for (second, &i) in seconds.iter().zip(&[0, 3]) {
+        assert_eq!(second.usage.cached_tokens, prompts[i].len() - 1);
+        assert_eq!(
+            second.tokens, firsts[i].tokens,
+            "prompt {i} answered differently"
+        );
+    }
+}
+
 #[test]
 fn choices_of_one_prompt_share_its_prefill_and_match_a_lone_run() {
     let engine = engine(4);

@@ -141,6 +141,9 @@ pub struct WorkerStatus {
     pub paused: usize,
     #[serde(default)]
     pub preemptions: u64,
+    /// Sequences moved between slots to keep the running ones consecutive.
+    #[serde(default)]
+    pub slot_moves: u64,
     /// Prompt caches in host memory.
     #[serde(default)]
     pub host_cache_bytes: usize,

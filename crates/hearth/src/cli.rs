@@ -334,9 +334,24 @@ pub struct GpuArgs {
     /// Element type of the KV cache's values (quantized values need flash attention).
     #[arg(long, value_enum, default_value_t = CacheTypeArg::F16, env = "HEARTH_CACHE_TYPE_V")]
     pub cache_type_v: CacheTypeArg,
+    /// llama.cpp's fused CUDA kernels. Off by default: with the llama.cpp hearth links they
+    /// measured slower on an H100 (8B Q4_K_M, single-stream decode 252.6 against 268.4
+    /// tok/s without; nothing lost batched). Sets `GGML_CUDA_DISABLE_FUSION` for the
+    /// process and its workers unless it is set already.
+    #[arg(long, value_enum, default_value_t = Switch::Off, env = "HEARTH_CUDA_FUSION")]
+    pub cuda_fusion: Switch,
 }
 
 impl GpuArgs {
+    /// Apply `--cuda-fusion` to this process's environment, which workers inherit. Call
+    /// before any thread starts (setting the environment races with threads reading it).
+    pub fn apply_cuda_fusion(&self) {
+        const VAR: &str = "GGML_CUDA_DISABLE_FUSION";
+        if self.cuda_fusion == Switch::Off && std::env::var_os(VAR).is_none() {
+            std::env::set_var(VAR, "1");
+        }
+    }
+
     pub fn placement(&self) -> hearth_engine::Placement {
         hearth_engine::Placement {
             gpu_layers: self.gpu_layers,

@@ -17,6 +17,13 @@ use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: it sets the environment, which workers inherit.
+    match &cli.command {
+        Command::Serve(args) => args.gpu.apply_cuda_fusion(),
+        Command::Run(args) => args.engine.gpu.apply_cuda_fusion(),
+        Command::Bench(args) => args.engine.gpu.apply_cuda_fusion(),
+        _ => {}
+    }
     // `hearth serve` writes one access-log line per request unless told otherwise.
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,hearth_access=info",

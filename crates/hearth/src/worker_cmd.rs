@@ -977,6 +977,7 @@ impl Worker {
                     grammar_cache_hits,
                     paused: stats.paused,
                     preemptions: stats.preemptions,
+                    slot_moves: stats.slot_moves,
                     host_cache_bytes: stats.host_cache_bytes,
                     host_cache_entries: stats.host_cache_entries,
                     slot_tokens: stats.slot_tokens,

@@ -75,6 +75,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                     "slot_tokens": status.slot_tokens,
                     "host_bytes": status.host_cache_bytes,
                     "host_entries": status.host_cache_entries,
+                    "slot_moves": status.slot_moves,
                 });
             }
             None => {
