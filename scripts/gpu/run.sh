@@ -27,7 +27,7 @@ build() {
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_CURL=OFF > "$W/peers-cmake.log" 2>&1
   (cmake --build "$W/build" -j 8 > "$W/hearth-build.log" 2>&1; echo $? > "$W/hearth-build.rc") &
-  (cmake --build "$W/peers/build" -j 8 --target llama-bench llama-batched-bench llama-server \
+  (cmake --build "$W/peers/build" -j 8 --target ${PEER_TARGETS:-llama-bench llama-batched-bench llama-server} \
     > "$W/peers-build.log" 2>&1; echo $? > "$W/peers-build.rc") &
   # Random-weight llama shapes with SmolLM2's 49k vocabulary, meanwhile.
   # (A build cut off by a time limit resumes where it stopped: the model is kept.)
@@ -41,7 +41,9 @@ build() {
   gcc -O2 -o "$W/quantize" "$KIT/quantize.c" -I "$W/llama.cpp/include" \
     -I "$W/llama.cpp/ggml/include" -L "$W/build/bin" -lllama -Wl,-rpath,"$W/build/bin"
   if [[ ! -f "$W/8b-q4km.gguf" ]]; then
-    "$W/quantize" "$W/8b-f16.gguf" "$W/8b-q4km.gguf" > "$W/quantize.log" 2>&1
+    # Written aside and renamed: a quantization cut off leaves no half model behind.
+    "$W/quantize" "$W/8b-f16.gguf" "$W/8b-q4km.gguf.part" > "$W/quantize.log" 2>&1
+    mv "$W/8b-q4km.gguf.part" "$W/8b-q4km.gguf"
     rm -f "$W/8b-f16.gguf"
   fi
   ls -la "$W"/*.gguf

@@ -430,6 +430,7 @@ fn run_engine_thread(
         // Every layer on a GPU: decode returns once the pass is launched. (With some layers
         // on the CPU the pass is mostly the host's own work.)
         model.offload().gpu_layers >= model.offload().layers,
+        model.llama.n_vocab().max(0) as usize,
     );
     if model.gpu_layers() > 0 {
         backend.warm_up();

@@ -84,8 +84,15 @@ impl Vocabulary for Model {
 pub struct LlamaBackend<'m> {
     context: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
-    /// Batch index → llama.cpp's logits index (they are the same: entries go in in order).
     capacity: usize,
+    /// Per entry of the last batch, its row of llama.cpp's logits (entries with logits are
+    /// stored in batch order), or `None`.
+    logit_rows: Vec<Option<usize>>,
+    /// Where the last batch's logits start once it has run (an address: taken once per step
+    /// by `synchronize`), 0 before. `llama_get_logits_ith` synchronizes the device on every
+    /// call: 32 sequences paid 32 CUDA stream synchronizations a step for it.
+    logits_at: usize,
+    vocab_size: usize,
     /// The model's vision projector, if it has one.
     projector: Option<std::sync::Arc<Projector>>,
     /// Every layer runs on a GPU: llama.cpp's decode launches the pass and returns.
@@ -98,11 +105,15 @@ impl<'m> LlamaBackend<'m> {
         batch_size: usize,
         projector: Option<std::sync::Arc<Projector>>,
         offloaded: bool,
+        vocab_size: usize,
     ) -> LlamaBackend<'m> {
         LlamaBackend {
             context,
             batch: LlamaBatch::new(batch_size, 1),
             capacity: batch_size,
+            logit_rows: Vec::with_capacity(batch_size),
+            logits_at: 0,
+            vocab_size,
             projector,
             offloaded,
         }
@@ -145,7 +156,14 @@ impl Backend for LlamaBackend<'_> {
             ));
         }
         self.batch.clear();
+        self.logits_at = 0;
+        self.logit_rows.clear();
+        let mut rows = 0;
         for entry in batch {
+            self.logit_rows.push(entry.logits.then(|| {
+                rows += 1;
+                rows - 1
+            }));
             self.batch
                 .add(
                     LlamaToken(entry.token as i32),
@@ -173,10 +191,26 @@ impl Backend for LlamaBackend<'_> {
 
     fn synchronize(&mut self) {
         self.context.synchronize();
+        if self.logit_rows.iter().any(Option::is_some) {
+            self.logits_at = self.context.get_logits().as_ptr() as usize;
+        }
     }
 
     fn logits(&self, index: usize) -> &[f32] {
-        self.context.get_logits_ith(index as i32)
+        match self.logit_rows.get(index).copied().flatten() {
+            Some(row) if self.logits_at != 0 => {
+                // SAFETY: after the batch has run, llama.cpp holds one row of `vocab_size`
+                // logits per entry with logits, in batch order, until the next decode —
+                // which takes `&mut self`, so no slice handed out here outlives them.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        (self.logits_at as *const f32).add(row * self.vocab_size),
+                        self.vocab_size,
+                    )
+                }
+            }
+            _ => self.context.get_logits_ith(index as i32),
+        }
     }
 
     fn remove(&mut self, slot: usize, from: usize) {

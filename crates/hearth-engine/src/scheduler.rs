@@ -118,9 +118,9 @@ const RESTORE_GAIN_RATIO: usize = 32;
 const RESTORE_MIN_GAIN: usize = 4;
 
 /// On an asynchronous backend, this many sequences to sample in a step or more are spread
-/// over scoped threads, at least `SEQUENCES_PER_THREAD` each and at most one per CPU up to
-/// `MAX_SAMPLING_THREADS` (starting one costs ~15 µs; sampling one sequence reads its whole
-/// vocabulary of logits: ~35 µs greedy for 49k on the H200 machine's CPU, more stochastic).
+/// over a pool of threads kept for it, at least `SEQUENCES_PER_THREAD` each and at most one
+/// per CPU up to `MAX_SAMPLING_THREADS` (sampling one sequence reads its whole vocabulary of
+/// logits: ~35 µs greedy for 49k on the H200 machine's CPU, more stochastic).
 const PARALLEL_SAMPLING_MIN: usize = 8;
 const SEQUENCES_PER_THREAD: usize = 4;
 const MAX_SAMPLING_THREADS: usize = 8;
@@ -159,8 +159,10 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     /// requests after the next pass is launched, while the device runs it, instead of
     /// before. On the CPU the pass is the host's own work, so they go out at once.
     defer_emits: bool,
-    /// Threads sampling may use at once (see `PARALLEL_SAMPLING_MIN`).
-    sampling_threads: usize,
+    /// Threads that sample beside the engine thread on an asynchronous backend (see
+    /// `PARALLEL_SAMPLING_MIN`): kept, since starting threads every step cost more than the
+    /// sampling they took over. `None` on the CPU, or if they could not start.
+    sampling_pool: Option<rayon::ThreadPool>,
 }
 
 enum Outcome {
@@ -201,9 +203,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                     .ok()
             }),
             defer_emits: backend.asynchronous(),
-            sampling_threads: std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_SAMPLING_THREADS),
+            sampling_pool: backend.asynchronous().then(sampling_pool).flatten(),
             backend,
         }
     }
@@ -894,30 +894,16 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .collect();
         // On a GPU the host's sampling is all that stands between two passes: spread it.
         // (On the CPU llama.cpp's own threads are the bottleneck and sampling is a sliver.)
-        if self.defer_emits && work.len() >= PARALLEL_SAMPLING_MIN {
-            let threads = self.sampling_threads.min(work.len() / SEQUENCES_PER_THREAD);
+        let pool = self.sampling_pool.as_ref();
+        if let Some(pool) = pool.filter(|_| work.len() >= PARALLEL_SAMPLING_MIN) {
+            // The engine thread samples the first chunk itself.
+            let threads = (pool.current_num_threads() + 1).min(work.len() / SEQUENCES_PER_THREAD);
             let per_thread = work.len().div_ceil(threads.max(1));
-            std::thread::scope(|scope| {
+            pool.in_place_scope(|scope| {
                 let mut chunks = work.chunks_mut(per_thread);
                 let own = chunks.next();
                 for chunk in chunks {
-                    // Passed through a cell so that, should the thread not start (the
-                    // closure is dropped with it), this thread takes the chunk back.
-                    let cell = Arc::new(std::sync::Mutex::new(Some(chunk)));
-                    let inner = Arc::clone(&cell);
-                    let spawned = std::thread::Builder::new()
-                        .name("hearth-sample".into())
-                        .spawn_scoped(scope, move || {
-                            if let Some(chunk) = inner.lock().ok().and_then(|mut c| c.take()) {
-                                chunk.iter_mut().for_each(|(seq, l)| sample_one(seq, l));
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        tracing::warn!(%e, "no sampling thread; sampling on the engine thread");
-                        if let Some(chunk) = cell.lock().ok().and_then(|mut c| c.take()) {
-                            chunk.iter_mut().for_each(|(seq, l)| sample_one(seq, l));
-                        }
-                    }
+                    scope.spawn(move |_| chunk.iter_mut().for_each(|(seq, l)| sample_one(seq, l)));
                 }
                 own.into_iter()
                     .flatten()
@@ -1089,6 +1075,22 @@ fn usage_of(seq: &Sequence) -> Usage {
 /// Choose a sequence's next token into `seq.sampled`. A panic while sampling one sequence (a
 /// bug in a mask or a sampler) ends that sequence with an error; the others, and the
 /// worker, go on.
+/// One thread per CPU up to `MAX_SAMPLING_THREADS`, the engine thread included.
+fn sampling_pool() -> Option<rayon::ThreadPool> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SAMPLING_THREADS);
+    if threads < 2 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads - 1)
+        .thread_name(|i| format!("hearth-sample-{i}"))
+        .build()
+        .inspect_err(|e| tracing::warn!(%e, "no sampling threads; sampling on the engine thread"))
+        .ok()
+}
+
 fn sample_one(seq: &mut Sequence, logits: &[f32]) {
     let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         match seq.constraint.as_mut() {
