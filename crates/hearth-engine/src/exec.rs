@@ -179,6 +179,9 @@ impl Backend for LlamaBackend<'_> {
     }
 
     fn decode_media(&mut self, slot: usize, media: &PromptMedia, _: &[u32]) -> Result<(), String> {
+        // Its passes replace llama.cpp's logits: the last batch's rows are gone.
+        self.logits_at = 0;
+        self.logit_rows.clear();
         let (Some(projector), Some(image)) = (&self.projector, &media.image) else {
             return Err("this model has no vision projector".into());
         };
@@ -200,8 +203,10 @@ impl Backend for LlamaBackend<'_> {
         match self.logit_rows.get(index).copied().flatten() {
             Some(row) if self.logits_at != 0 => {
                 // SAFETY: after the batch has run, llama.cpp holds one row of `vocab_size`
-                // logits per entry with logits, in batch order, until the next decode —
-                // which takes `&mut self`, so no slice handed out here outlives them.
+                // logits per entry with logits, in batch order, in one buffer it allocated
+                // (`llama_get_logits`; its address comes through the crate's first-row
+                // slice, the only way the crate hands it out), until the next decode — which
+                // takes `&mut self`, so no slice handed out here outlives them.
                 unsafe {
                     std::slice::from_raw_parts(
                         (self.logits_at as *const f32).add(row * self.vocab_size),
@@ -256,7 +261,10 @@ impl Backend for LlamaBackend<'_> {
 /// A scripted backend for policy tests: each slot's KV is the list of tokens written at
 /// each position, and the logits after a token name a next token computed from every token
 /// before it in that slot — so reusing the wrong cache, or leaving a hole, changes the
-/// output (or fails the decode) just as it would with a real model.
+/// output (or fails the decode) just as it would with a real model. As in llama.cpp, a
+/// copy between slots changes the destination's cells at once but moves the data only at
+/// the next decode, in the order queued; saving or decoding a slot whose data does not
+/// match its cells panics.
 #[cfg(test)]
 pub mod mock {
     use super::*;
@@ -264,8 +272,12 @@ pub mod mock {
     #[derive(Debug, Default)]
     pub struct ScriptedBackend {
         pub vocab: usize,
-        /// Tokens written per slot, by position.
+        /// Tokens per slot, by position, as its cells say (llama.cpp's metadata).
         pub kv: Vec<Vec<u32>>,
+        /// What each slot's buffer holds (may run past its cells, or lag a queued copy).
+        data: Vec<Vec<u32>>,
+        /// Copies queued for the next decode: (source, destination).
+        queued: Vec<(usize, usize)>,
         /// Entries of every decode so far (to count prefill work).
         pub decoded: Vec<Vec<BatchEntry>>,
         /// Per decode, the runs of consecutive slot ids in batch order: llama.cpp's passes
@@ -290,8 +302,38 @@ pub mod mock {
             ScriptedBackend {
                 vocab,
                 kv: vec![Vec::new(); slots],
+                data: vec![Vec::new(); slots],
                 ..ScriptedBackend::default()
             }
+        }
+
+        /// llama.cpp's `update` at the start of a decode: the queued copies, in order.
+        fn run_copies(&mut self) {
+            for (src, dst) in std::mem::take(&mut self.queued) {
+                self.data[dst] = self.data[src].clone();
+            }
+        }
+
+        /// Write `tokens` at `position` into a slot's data, whose earlier positions must be
+        /// what its cells say (the cells already hold the new tokens).
+        fn check_then_write(&mut self, slot: usize, position: usize, tokens: &[u32]) {
+            let data = &mut self.data[slot];
+            assert!(
+                data.len() >= position && data[..position] == self.kv[slot][..position],
+                "slot {slot}: decoding at {position} over data that does not match its cells \
+                 (a copy not yet made, or overwritten)"
+            );
+            data.truncate(position);
+            data.extend_from_slice(tokens);
+        }
+
+        /// A slot's data must be what its cells say before it is read or extended.
+        fn check(&self, slot: usize) {
+            let cells = &self.kv[slot];
+            assert!(
+                self.data[slot].len() >= cells.len() && self.data[slot][..cells.len()] == cells[..],
+                "slot {slot}: its data does not match its cells (a copy not yet made, or overwritten)"
+            );
         }
 
         /// The token that follows this history: never 0 (end of turn) unless the history is
@@ -316,6 +358,7 @@ pub mod mock {
                 return Err("scripted failure".into());
             }
             self.logits.clear();
+            self.run_copies();
             for entry in batch {
                 // An image's placeholders must never be decoded as text.
                 if entry.token as usize >= self.vocab {
@@ -331,9 +374,11 @@ pub mod mock {
                     ));
                 }
                 kv.push(entry.token);
+                self.check_then_write(entry.slot, entry.position, &[entry.token]);
                 let mut logits = vec![0.0; self.vocab];
                 if entry.logits {
-                    logits[Self::next_token(self.vocab, kv) as usize] = 10.0;
+                    let next = Self::next_token(self.vocab, &self.data[entry.slot]);
+                    logits[next as usize] = 10.0;
                 }
                 self.logits.push(logits);
             }
@@ -362,6 +407,7 @@ pub mod mock {
             if std::mem::take(&mut self.fail_next) {
                 return Err("scripted failure".into());
             }
+            self.run_copies();
             let kv = &mut self.kv[slot];
             if media.start != kv.len() || tokens.len() != media.len {
                 return Err(format!(
@@ -371,6 +417,7 @@ pub mod mock {
                 ));
             }
             kv.extend_from_slice(tokens);
+            self.check_then_write(slot, media.start, tokens);
             self.media_decoded += 1;
             Ok(())
         }
@@ -390,18 +437,21 @@ pub mod mock {
         fn copy(&mut self, src: usize, dst: usize) {
             self.copies += 1;
             self.kv[dst] = self.kv[src].clone();
+            self.queued.push((src, dst));
         }
 
         type Snapshot = Vec<u32>;
 
         fn save(&mut self, slot: usize) -> Option<Vec<u32>> {
             self.saves += 1;
+            self.check(slot);
             Some(self.kv[slot].clone())
         }
 
         fn restore(&mut self, slot: usize, snapshot: &Vec<u32>) -> bool {
             self.restores += 1;
             self.kv[slot] = snapshot.clone();
+            self.data[slot] = snapshot.clone();
             true
         }
 

@@ -426,9 +426,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         let Some(slot) = self
             .free_slots
             .iter()
-            .rev()
             .copied()
-            .find(|&s| !self.pending[s])
+            .filter(|&s| !self.pending[s])
+            .max_by_key(|&s| (self.placement(s), std::cmp::Reverse(s)))
         else {
             return false;
         };
@@ -473,12 +473,6 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// slot, then to the least recently used cache, then to the lowest. Slots with a copy
     /// in flight are taken last.
     fn choose_slot(&self, prompt: &[u32]) -> usize {
-        let low = self.running.iter().map(|seq| seq.slot).min();
-        let high = self.running.iter().map(|seq| seq.slot).max();
-        let adjacent = |s: usize| match (low, high) {
-            (Some(low), Some(high)) => s + 1 == low || s == high + 1 || (low < s && s < high),
-            _ => true,
-        };
         let limit = prompt.len().saturating_sub(REDECODE_TOKENS);
         let held = |s: usize| {
             if self.prompt_cache {
@@ -495,13 +489,27 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 (
                     !self.pending[s],
                     held(s),
-                    adjacent(s),
+                    self.placement(s),
                     slot.tokens.is_empty(),
                     std::cmp::Reverse(slot.released_at),
                     std::cmp::Reverse(s),
                 )
             })
             .expect("a slot is free")
+    }
+
+    /// How well a free slot keeps the running slots consecutive: 2 inside a gap between them
+    /// (it closes one), 1 next to them or with none running, 0 elsewhere (`pack` will move
+    /// the sequence).
+    fn placement(&self, s: usize) -> u8 {
+        let low = self.running.iter().map(|seq| seq.slot).min();
+        let high = self.running.iter().map(|seq| seq.slot).max();
+        match (low, high) {
+            (Some(low), Some(high)) if low < s && s < high => 2,
+            (Some(low), Some(high)) if s + 1 == low || s == high + 1 => 1,
+            (Some(_), Some(_)) => 0,
+            _ => 1,
+        }
     }
 
     /// With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
@@ -513,7 +521,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// its free slots: one whole-sequence copy each, which llama.cpp carries out at the
     /// next decode, before the pass (and after any copy queued earlier, so a chain of
     /// copies reads what the one before wrote). The slot a sequence leaves keeps its
-    /// tokens as a free slot's cache; a cache the move overwrites goes to host memory.
+    /// tokens as a free slot's cache; a cache the move overwrites is saved to host memory
+    /// first when that is worth it (`save_to_host`). A sequence with nothing in its KV yet
+    /// just changes slot.
     fn pack(&mut self) {
         let n = self.running.len();
         if !self.packs || n < 2 {
@@ -527,16 +537,23 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         if high - low + 1 == n {
             return;
         }
-        // The window holding most running sequences; ties: the one whose free slots hold
-        // the fewest cached tokens (other conversations' caches), then the lowest.
+        // The window holding most running sequences; ties: the one with the fewest free
+        // slots that have a copy in flight (a cache being kept there would be lost), then
+        // the fewest cached tokens displaced (other conversations' caches), then the lowest.
         let window = (0..=self.slots.len() - n)
             .max_by_key(|&w| {
                 let inside = (w..w + n).filter(|&s| busy[s]).count();
+                let in_flight = (w..w + n).filter(|&s| !busy[s] && self.pending[s]).count();
                 let displaced: usize = (w..w + n)
                     .filter(|&s| !busy[s])
                     .map(|s| self.slots[s].tokens.len())
                     .sum();
-                (inside, std::cmp::Reverse(displaced), std::cmp::Reverse(w))
+                (
+                    inside,
+                    std::cmp::Reverse(in_flight),
+                    std::cmp::Reverse(displaced),
+                    std::cmp::Reverse(w),
+                )
             })
             .expect("n is at most the slot count");
         let mut targets = (window..window + n).filter(|&s| !busy[s]);
@@ -549,9 +566,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 .next()
                 .expect("as many free slots inside as running outside");
             self.save_to_host(to);
-            self.backend.copy(from, to);
-            self.pending[from] = true;
-            self.pending[to] = true;
+            if self.running[at].position == 0 {
+                // Nothing to carry: an empty destination is all it needs.
+                self.backend.remove(to, 0);
+            } else {
+                self.backend.copy(from, to);
+                self.pending[from] = true;
+                self.pending[to] = true;
+            }
             self.free_slots.retain(|&s| s != to);
             self.slots[to] = self.slots[from].clone();
             // What `from` holds now is the sequence so far: a cache like any released one.
@@ -602,7 +624,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
 
     /// Start `slot` from the longest prefix of `prompt` held by any slot — a free slot's
     /// cache, `slot`'s own, or what a running sequence has decoded so far — copying it in
-    /// when it lives elsewhere (the new sequence keeps the lowest free slot: see `step`).
+    /// when it lives elsewhere.
     /// At least the last prompt token is decoded again, for fresh logits. Returns the
     /// number of prompt tokens reused.
     fn reuse_cache(&mut self, slot: usize, prompt: &[u32], media: &[PromptMedia]) -> usize {
@@ -804,8 +826,11 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         let decoded = self.backend.decode(&self.batch);
         let launched = Instant::now();
         clock.add(Phase::Decode, launched - built);
-        // Queued copies have been carried out (or the cells are forgotten on failure).
-        self.pending.fill(false);
+        // Queued copies have been carried out. (A decode that failed may have failed before
+        // them: they stay queued for the next one, and their slots stay marked.)
+        if decoded.is_ok() {
+            self.pending.fill(false);
+        }
         // The last step's tokens go out while the device runs this one.
         for seq in &mut self.running {
             deliver(seq);
@@ -1072,9 +1097,6 @@ fn usage_of(seq: &Sequence) -> Usage {
     }
 }
 
-/// Choose a sequence's next token into `seq.sampled`. A panic while sampling one sequence (a
-/// bug in a mask or a sampler) ends that sequence with an error; the others, and the
-/// worker, go on.
 /// One thread per CPU up to `MAX_SAMPLING_THREADS`, the engine thread included.
 fn sampling_pool() -> Option<rayon::ThreadPool> {
     let threads = std::thread::available_parallelism()
@@ -1091,6 +1113,9 @@ fn sampling_pool() -> Option<rayon::ThreadPool> {
         .ok()
 }
 
+/// Choose a sequence's next token into `seq.sampled`. A panic while sampling one sequence (a
+/// bug in a mask or a sampler) ends that sequence with an error; the others, and the
+/// worker, go on.
 fn sample_one(seq: &mut Sequence, logits: &[f32]) {
     let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         match seq.constraint.as_mut() {

@@ -336,8 +336,8 @@ pub struct GpuArgs {
     pub cache_type_v: CacheTypeArg,
     /// llama.cpp's fused CUDA kernels. Off by default: with the llama.cpp hearth links they
     /// measured slower on an H100 (8B Q4_K_M, single-stream decode 252.6 against 268.4
-    /// tok/s without; nothing lost batched). Sets `GGML_CUDA_DISABLE_FUSION` for the
-    /// process and its workers unless it is set already.
+    /// tok/s without; nothing lost batched). Sets `GGML_CUDA_DISABLE_FUSION` (1 or 0) for
+    /// the process and its workers unless it is set already.
     #[arg(long, value_enum, default_value_t = Switch::Off, env = "HEARTH_CUDA_FUSION")]
     pub cuda_fusion: Switch,
 }
@@ -347,8 +347,13 @@ impl GpuArgs {
     /// before any thread starts (setting the environment races with threads reading it).
     pub fn apply_cuda_fusion(&self) {
         const VAR: &str = "GGML_CUDA_DISABLE_FUSION";
-        if self.cuda_fusion == Switch::Off && std::env::var_os(VAR).is_none() {
-            std::env::set_var(VAR, "1");
+        if std::env::var_os(VAR).is_none() {
+            // ggml reads it with `atoi`: "0" leaves fusion on.
+            let disable = match self.cuda_fusion {
+                Switch::On => "0",
+                Switch::Off => "1",
+            };
+            std::env::set_var(VAR, disable);
         }
     }
 
@@ -431,6 +436,15 @@ impl FlashAttn {
 pub enum Switch {
     On,
     Off,
+}
+
+impl Switch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Switch::On => "on",
+            Switch::Off => "off",
+        }
+    }
 }
 
 /// Who may call the API and how often.

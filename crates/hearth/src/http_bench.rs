@@ -49,6 +49,8 @@ pub fn measure(
         .arg(args.engine.gpu.main_gpu.to_string())
         .arg("--flash-attn")
         .arg(args.engine.flash_attn.as_str())
+        .arg("--cuda-fusion")
+        .arg(args.engine.gpu.cuda_fusion.as_str())
         .arg("--model")
         .arg(format!("bench={}", model.display()))
         .stdout(Stdio::null())
