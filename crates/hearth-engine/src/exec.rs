@@ -317,22 +317,20 @@ pub mod mock {
         /// Write `tokens` at `position` into a slot's data, whose earlier positions must be
         /// what its cells say (the cells already hold the new tokens).
         fn check_then_write(&mut self, slot: usize, position: usize, tokens: &[u32]) {
+            self.check(slot, position);
             let data = &mut self.data[slot];
-            assert!(
-                data.len() >= position && data[..position] == self.kv[slot][..position],
-                "slot {slot}: decoding at {position} over data that does not match its cells \
-                 (a copy not yet made, or overwritten)"
-            );
             data.truncate(position);
             data.extend_from_slice(tokens);
         }
 
-        /// A slot's data must be what its cells say before it is read or extended.
-        fn check(&self, slot: usize) {
-            let cells = &self.kv[slot];
+        /// A slot's data up to `len` must be what its cells say before it is read or
+        /// extended.
+        fn check(&self, slot: usize, len: usize) {
+            let data = &self.data[slot];
             assert!(
-                self.data[slot].len() >= cells.len() && self.data[slot][..cells.len()] == cells[..],
-                "slot {slot}: its data does not match its cells (a copy not yet made, or overwritten)"
+                data.len() >= len && data[..len] == self.kv[slot][..len],
+                "slot {slot}: its data up to {len} does not match its cells (a copy not yet \
+                 made, or overwritten)"
             );
         }
 
@@ -444,7 +442,7 @@ pub mod mock {
 
         fn save(&mut self, slot: usize) -> Option<Vec<u32>> {
             self.saves += 1;
-            self.check(slot);
+            self.check(slot, self.kv[slot].len());
             Some(self.kv[slot].clone())
         }
 

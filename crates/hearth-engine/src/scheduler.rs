@@ -423,12 +423,13 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// Put the `at`-th paused sequence back into a free slot, its KV restored. False if no
     /// slot can take it now.
     fn resume(&mut self, at: usize) -> bool {
+        let bounds = self.running_bounds();
         let Some(slot) = self
             .free_slots
             .iter()
             .copied()
             .filter(|&s| !self.pending[s])
-            .max_by_key(|&s| (self.placement(s), std::cmp::Reverse(s)))
+            .max_by_key(|&s| (Self::placement(s, bounds), std::cmp::Reverse(s)))
         else {
             return false;
         };
@@ -481,6 +482,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 0
             }
         };
+        let bounds = self.running_bounds();
         self.free_slots
             .iter()
             .copied()
@@ -489,7 +491,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 (
                     !self.pending[s],
                     held(s),
-                    self.placement(s),
+                    Self::placement(s, bounds),
                     slot.tokens.is_empty(),
                     std::cmp::Reverse(slot.released_at),
                     std::cmp::Reverse(s),
@@ -501,15 +503,20 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// How well a free slot keeps the running slots consecutive: 2 inside a gap between them
     /// (it closes one), 1 next to them or with none running, 0 elsewhere (`pack` will move
     /// the sequence).
-    fn placement(&self, s: usize) -> u8 {
-        let low = self.running.iter().map(|seq| seq.slot).min();
-        let high = self.running.iter().map(|seq| seq.slot).max();
-        match (low, high) {
-            (Some(low), Some(high)) if low < s && s < high => 2,
-            (Some(low), Some(high)) if s + 1 == low || s == high + 1 => 1,
-            (Some(_), Some(_)) => 0,
-            _ => 1,
+    fn placement(s: usize, running: Option<(usize, usize)>) -> u8 {
+        match running {
+            Some((low, high)) if low < s && s < high => 2,
+            Some((low, high)) if s + 1 == low || s == high + 1 => 1,
+            Some(_) => 0,
+            None => 1,
         }
+    }
+
+    /// The lowest and highest running slots.
+    fn running_bounds(&self) -> Option<(usize, usize)> {
+        let low = self.running.iter().map(|seq| seq.slot).min()?;
+        let high = self.running.iter().map(|seq| seq.slot).max()?;
+        Some((low, high))
     }
 
     /// With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
@@ -556,17 +563,23 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 )
             })
             .expect("n is at most the slot count");
+        // Each sequence outside the window, in slot order, takes the next free slot inside.
         let mut targets = (window..window + n).filter(|&s| !busy[s]);
-        for at in 0..n {
-            let from = self.running[at].slot;
-            if (window..window + n).contains(&from) {
-                continue;
-            }
-            let to = targets
-                .next()
-                .expect("as many free slots inside as running outside");
+        let moves: Vec<(usize, usize)> = (0..n)
+            .filter(|&at| !(window..window + n).contains(&self.running[at].slot))
+            .map(|at| {
+                let to = targets
+                    .next()
+                    .expect("as many free slots inside as running outside");
+                (at, to)
+            })
+            .collect();
+        // Taken out from the back, so the indices still to come stay valid.
+        for &(at, to) in moves.iter().rev() {
+            let mut seq = self.running.swap_remove(at);
+            let from = seq.slot;
             self.save_to_host(to);
-            if self.running[at].position == 0 {
+            if seq.position == 0 {
                 // Nothing to carry: an empty destination is all it needs.
                 self.backend.remove(to, 0);
             } else {
@@ -577,30 +590,12 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             self.free_slots.retain(|&s| s != to);
             self.slots[to] = self.slots[from].clone();
             // What `from` holds now is the sequence so far: a cache like any released one.
-            let seq = &self.running[at];
-            self.clock += 1;
-            let cache = &mut self.slots[from];
-            cache.released_at = self.clock;
-            cache.tokens.clear();
-            if self.prompt_cache {
-                cache.tokens.extend_from_slice(&seq.prompt[..seq.prefilled]);
-                if seq.prefilled == seq.prompt.len() {
-                    cache.tokens.extend_from_slice(&seq.history);
-                }
-                cache.prompt_len = seq.prefilled;
-            } else {
-                cache.prompt_len = 0;
-                self.backend.remove(from, 0);
-            }
-            self.running[at].slot = to;
+            self.keep_cache(&seq, true);
             self.free(from);
+            seq.slot = to;
             self.stats.slot_moves.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                id = self.running[at].id,
-                from,
-                to,
-                "moved next to the running slots"
-            );
+            tracing::debug!(id = seq.id, from, to, "moved next to the running slots");
+            self.running.push(seq);
         }
         self.running.sort_unstable_by_key(|seq| seq.slot);
     }
