@@ -48,6 +48,8 @@ fn a_disconnected_client_stops_its_generation() {
         let agent = ureq::AgentBuilder::new().build();
         let url = server.url("/v1/chat/completions");
         let body = long_chat(stream);
+        // Read before the request goes out: read after, a fast acceptance was already in it.
+        let accepted_before = server.metric_sum("hearth:prompt_tokens_total");
         let handle = std::thread::spawn(move || {
             let response = agent
                 .post(&url)
@@ -60,7 +62,6 @@ fn a_disconnected_client_stops_its_generation() {
                 let _ = reader.read_line(&mut line);
             }
         });
-        let accepted_before = server.metric_sum("hearth:prompt_tokens_total");
         handle.join().unwrap();
         // The worker accepted the request (its prompt was counted) before the client left.
         // (Polling `running` for 1 raced with a fast hang-up: the sequence could start and
