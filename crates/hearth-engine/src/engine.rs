@@ -55,6 +55,51 @@ pub struct EngineConfig {
     pub cache_type_v: CacheType,
     /// The model's vision projector: prompts may hold images.
     pub projector: Option<Arc<Projector>>,
+    /// Where greedy requests' tokens are chosen (see `GreedyOnDevice`).
+    pub greedy_on_device: GreedyOnDevice,
+}
+
+/// Whether a greedy request's next token is chosen by the device that computed its logits
+/// (an argmax in llama.cpp's graph, after the request's logit bias) instead of on the host
+/// from logits copied out. On a GPU the copy (vocabulary × sequences floats a step) and
+/// the host's pass over it are time the GPU stands idle; the device's choice is the same
+/// token (an exact tie between two logits aside). Requests that need the logits — sampled,
+/// penalised, constrained, with logprobs, with images — are chosen on the host as always.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GreedyOnDevice {
+    /// On where every layer runs on a GPU.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl GreedyOnDevice {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(GreedyOnDevice::Auto),
+            "on" => Ok(GreedyOnDevice::On),
+            "off" => Ok(GreedyOnDevice::Off),
+            _ => Err(format!("expected auto, on or off, not {s:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GreedyOnDevice::Auto => "auto",
+            GreedyOnDevice::On => "on",
+            GreedyOnDevice::Off => "off",
+        }
+    }
+
+    /// Whether it applies to a model with every layer on a GPU (`offloaded`) or not.
+    pub fn enabled(self, offloaded: bool) -> bool {
+        match self {
+            GreedyOnDevice::Auto => offloaded,
+            GreedyOnDevice::On => true,
+            GreedyOnDevice::Off => false,
+        }
+    }
 }
 
 /// Whether llama.cpp computes attention with its fused flash-attention kernels.
@@ -111,6 +156,7 @@ impl Default for EngineConfig {
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
             projector: None,
+            greedy_on_device: GreedyOnDevice::Auto,
         }
     }
 }
@@ -135,6 +181,8 @@ pub struct EngineStats {
     pub preemptions: AtomicU64,
     /// Sequences moved to another slot to keep the running ones consecutive (`pack`).
     pub slot_moves: AtomicU64,
+    /// Tokens chosen by the device (greedy requests; `GreedyOnDevice`).
+    pub device_choices: AtomicU64,
     /// Prompt caches saved in host memory.
     pub host_cache_bytes: AtomicUsize,
     pub host_cache_entries: AtomicUsize,
@@ -156,6 +204,7 @@ pub struct StatsSnapshot {
     pub paused: usize,
     pub preemptions: u64,
     pub slot_moves: u64,
+    pub device_choices: u64,
     pub host_cache_bytes: usize,
     pub host_cache_entries: usize,
     pub slot_tokens: Vec<usize>,
@@ -381,6 +430,7 @@ impl Engine {
             paused: self.stats.paused.load(Ordering::Relaxed),
             preemptions: self.stats.preemptions.load(Ordering::Relaxed),
             slot_moves: self.stats.slot_moves.load(Ordering::Relaxed),
+            device_choices: self.stats.device_choices.load(Ordering::Relaxed),
             host_cache_bytes: self.stats.host_cache_bytes.load(Ordering::Relaxed),
             host_cache_entries: self.stats.host_cache_entries.load(Ordering::Relaxed),
             slot_tokens: self
@@ -423,14 +473,16 @@ fn run_engine_thread(
             return;
         }
     };
+    // Every layer on a GPU: decode returns once the pass is launched. (With some layers on
+    // the CPU the pass is mostly the host's own work.)
+    let offloaded = model.offload().gpu_layers >= model.offload().layers;
     let mut backend = LlamaBackend::new(
         context,
         config.batch_size as usize,
         config.projector.clone(),
-        // Every layer on a GPU: decode returns once the pass is launched. (With some layers
-        // on the CPU the pass is mostly the host's own work.)
-        model.offload().gpu_layers >= model.offload().layers,
+        offloaded,
         model.llama.n_vocab().max(0) as usize,
+        config.greedy_on_device.enabled(offloaded),
     );
     if model.gpu_layers() > 0 {
         backend.warm_up();

@@ -5,6 +5,8 @@
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 
@@ -44,6 +46,19 @@ pub trait Backend {
     fn synchronize(&mut self) {}
     /// The logits of the `index`-th entry of the last batch (one with `logits` set).
     fn logits(&self, index: usize) -> &[f32];
+    /// From the next decode on, let the device choose `slot`'s token itself — the argmax
+    /// of its logits plus `bias` — instead of handing the logits out (`None`: hand them
+    /// out again). Returns whether the device chooses for the slot. Where every output of
+    /// a batch is chosen on the device no logits come back at all; read `device_choice`.
+    fn choose_on_device(&mut self, _slot: usize, bias: Option<&[(u32, f32)]>) -> bool {
+        let _ = bias;
+        false
+    }
+    /// The device's choice for the `index`-th entry of the last batch (its slot chose on
+    /// the device when the batch was decoded).
+    fn device_choice(&self, _index: usize) -> Option<u32> {
+        None
+    }
     /// Drop a slot's KV from position `from` on (`0`: all of it).
     fn remove(&mut self, slot: usize, from: usize);
     /// Make `dst` hold a copy of all of `src`'s KV (whole sequences only: llama.cpp asserts
@@ -97,6 +112,12 @@ pub struct LlamaBackend<'m> {
     projector: Option<std::sync::Arc<Projector>>,
     /// Every layer runs on a GPU: llama.cpp's decode launches the pass and returns.
     offloaded: bool,
+    /// Slots may have their greedy tokens chosen on the device (`choose_on_device`).
+    device_choice: bool,
+    /// Per slot, the logit bias of the greedy chain attached to it (`None`: none).
+    chains: Vec<Option<Vec<(u32, f32)>>>,
+    /// Per entry of the last batch, whether its slot chose on the device.
+    chosen_on_device: Vec<bool>,
 }
 
 impl<'m> LlamaBackend<'m> {
@@ -106,6 +127,7 @@ impl<'m> LlamaBackend<'m> {
         projector: Option<std::sync::Arc<Projector>>,
         offloaded: bool,
         vocab_size: usize,
+        device_choice: bool,
     ) -> LlamaBackend<'m> {
         LlamaBackend {
             context,
@@ -116,6 +138,9 @@ impl<'m> LlamaBackend<'m> {
             vocab_size,
             projector,
             offloaded,
+            device_choice,
+            chains: Vec::new(),
+            chosen_on_device: Vec::with_capacity(batch_size),
         }
     }
 }
@@ -158,8 +183,11 @@ impl Backend for LlamaBackend<'_> {
         self.batch.clear();
         self.logits_at = 0;
         self.logit_rows.clear();
+        self.chosen_on_device.clear();
         let mut rows = 0;
         for entry in batch {
+            self.chosen_on_device
+                .push(entry.logits && self.chains.get(entry.slot).is_some_and(Option::is_some));
             self.logit_rows.push(entry.logits.then(|| {
                 rows += 1;
                 rows - 1
@@ -182,6 +210,10 @@ impl Backend for LlamaBackend<'_> {
         // Its passes replace llama.cpp's logits: the last batch's rows are gone.
         self.logits_at = 0;
         self.logit_rows.clear();
+        self.chosen_on_device.clear();
+        // An image's passes read no token: a greedy chain left on the slot is taken off
+        // rather than run over an embedding batch.
+        self.choose_on_device(slot, None);
         let (Some(projector), Some(image)) = (&self.projector, &media.image) else {
             return Err("this model has no vision projector".into());
         };
@@ -216,6 +248,60 @@ impl Backend for LlamaBackend<'_> {
             }
             _ => self.context.get_logits_ith(index as i32),
         }
+    }
+
+    fn choose_on_device(&mut self, slot: usize, bias: Option<&[(u32, f32)]>) -> bool {
+        if self.chains.len() <= slot {
+            self.chains.resize(slot + 1, None);
+        }
+        let current = &self.chains[slot];
+        if current.as_deref() == bias {
+            return bias.is_some();
+        }
+        let Some(bias) = bias.filter(|_| self.device_choice) else {
+            // Detach (also where device choice is off: nothing is attached then).
+            if current.is_some() {
+                self.context.set_sampler(slot as i32, None);
+                self.chains[slot] = None;
+            }
+            return false;
+        };
+        let biases: Vec<LlamaLogitBias> = bias
+            .iter()
+            .map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token as i32), bias))
+            .collect();
+        let mut chain = Vec::with_capacity(2);
+        if !biases.is_empty() {
+            chain.push(LlamaSampler::logit_bias(self.vocab_size as i32, &biases));
+        }
+        chain.push(LlamaSampler::greedy());
+        // llama.cpp re-plans its compute graph at the next decode (`sched_reserve`); a
+        // slot keeps its chain between requests, so that happens when a slot changes
+        // between greedy and sampled requests, not per request.
+        if self
+            .context
+            .set_sampler(slot as i32, Some(LlamaSampler::chain_simple(chain)))
+        {
+            self.chains[slot] = Some(bias.to_vec());
+            true
+        } else {
+            tracing::warn!(
+                slot,
+                "llama.cpp cannot choose tokens on this device; choosing on the host"
+            );
+            self.chains[slot] = None;
+            self.device_choice = false;
+            false
+        }
+    }
+
+    fn device_choice(&self, index: usize) -> Option<u32> {
+        if !self.chosen_on_device.get(index).copied().unwrap_or(false) {
+            return None;
+        }
+        self.context
+            .sampled_token_ith(index as i32)
+            .and_then(|token| u32::try_from(token.0).ok())
     }
 
     fn remove(&mut self, slot: usize, from: usize) {
@@ -295,6 +381,17 @@ pub mod mock {
         pub media_decoded: usize,
         /// Pretend to be a device that computes on its own (`Backend::asynchronous`).
         pub asynchronous: bool,
+        /// Choose greedy tokens "on the device" when asked (`Backend::choose_on_device`).
+        pub device: bool,
+        /// Per slot, the bias of its device chain (`None`: none).
+        pub chains: Vec<Option<Vec<(u32, f32)>>>,
+        /// Chains attached or taken off (each a re-plan of llama.cpp's graph).
+        pub chain_changes: usize,
+        /// Per entry of the last decode, the device's choice (where its slot had a chain).
+        choices: Vec<Option<u32>>,
+        /// Whether the last decode handed logits out: as llama.cpp, only if some output
+        /// belongs to a slot without a chain.
+        raw_logits: bool,
     }
 
     impl ScriptedBackend {
@@ -303,6 +400,7 @@ pub mod mock {
                 vocab,
                 kv: vec![Vec::new(); slots],
                 data: vec![Vec::new(); slots],
+                chains: vec![None; slots],
                 ..ScriptedBackend::default()
             }
         }
@@ -356,7 +454,11 @@ pub mod mock {
                 return Err("scripted failure".into());
             }
             self.logits.clear();
+            self.choices.clear();
             self.run_copies();
+            self.raw_logits = batch
+                .iter()
+                .any(|e| e.logits && self.chains[e.slot].is_none());
             for entry in batch {
                 // An image's placeholders must never be decoded as text.
                 if entry.token as usize >= self.vocab {
@@ -378,6 +480,15 @@ pub mod mock {
                     let next = Self::next_token(self.vocab, &self.data[entry.slot]);
                     logits[next as usize] = 10.0;
                 }
+                let chain = self.chains[entry.slot].as_ref().filter(|_| entry.logits);
+                self.choices.push(chain.map(|bias| {
+                    let mut biased = logits.clone();
+                    for &(token, b) in bias {
+                        biased[token as usize] += b;
+                    }
+                    let max = biased.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    biased.iter().position(|&l| l == max).unwrap_or(0) as u32
+                }));
                 self.logits.push(logits);
             }
             self.decoded.push(batch.to_vec());
@@ -406,6 +517,8 @@ pub mod mock {
                 return Err("scripted failure".into());
             }
             self.run_copies();
+            self.choices.clear();
+            self.choose_on_device(slot, None);
             let kv = &mut self.kv[slot];
             if media.start != kv.len() || tokens.len() != media.len {
                 return Err(format!(
@@ -425,7 +538,24 @@ pub mod mock {
         }
 
         fn logits(&self, index: usize) -> &[f32] {
+            assert!(
+                self.raw_logits,
+                "logits read after a decode whose every output was chosen on the device"
+            );
             &self.logits[index]
+        }
+
+        fn choose_on_device(&mut self, slot: usize, bias: Option<&[(u32, f32)]>) -> bool {
+            let bias = bias.filter(|_| self.device);
+            if self.chains[slot].as_deref() != bias {
+                self.chains[slot] = bias.map(<[_]>::to_vec);
+                self.chain_changes += 1;
+            }
+            bias.is_some()
+        }
+
+        fn device_choice(&self, index: usize) -> Option<u32> {
+            self.choices.get(index).copied().flatten()
         }
 
         fn remove(&mut self, slot: usize, from: usize) {

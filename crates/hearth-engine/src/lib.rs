@@ -25,12 +25,14 @@ pub mod tools;
 pub mod vision;
 
 pub use engine::{
-    default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, PreparedRequest,
-    RequestHandle, StatsSnapshot,
+    default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, GreedyOnDevice,
+    PreparedRequest, RequestHandle, StatsSnapshot,
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo, Offload};
-pub use placement::{CacheType, ContextShape, Device, GpuLayers, Placement, SplitMode};
+pub use placement::{
+    CacheType, ContextShape, Device, GpuLayers, Placement, SplitMode, TensorSplit,
+};
 pub use request::{
     Event, FinishReason, GeneratedToken, GenerationRequest, Priority, RequestId, Usage,
 };

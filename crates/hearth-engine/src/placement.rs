@@ -148,6 +148,50 @@ pub struct Placement {
     /// GPU memory to leave free on the main GPU for what loads after the model (a vision
     /// projector and its encoder's buffers), on top of the margin.
     pub reserve_bytes: usize,
+    /// The share of the model each GPU holds (`--tensor-split`; empty: fitted to free
+    /// memory).
+    pub tensor_split: TensorSplit,
+}
+
+/// Proportions of a model per GPU, in device order (`3,1`: three quarters on the first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TensorSplit(pub Vec<f32>);
+
+impl FromStr for TensorSplit {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        // SAFETY: a plain query of a constant.
+        let max = unsafe { llama_cpp_sys_2::llama_max_devices() };
+        let shares = s
+            .split(',')
+            .map(|part| match part.trim().parse::<f32>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+                _ => Err(format!(
+                    "tensor split {s:?}: each share must be a number ≥ 0 (e.g. 3,1)"
+                )),
+            })
+            .collect::<std::result::Result<Vec<f32>, String>>()?;
+        if shares.len() > max {
+            return Err(format!(
+                "tensor split {s:?}: {} shares, but llama.cpp handles at most {max} devices",
+                shares.len()
+            ));
+        }
+        if !shares.iter().any(|&x| x > 0.0) {
+            return Err(format!(
+                "tensor split {s:?}: at least one share must be above 0"
+            ));
+        }
+        Ok(TensorSplit(shares))
+    }
+}
+
+impl std::fmt::Display for TensorSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(f32::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
 }
 
 /// The context the engine will make, for fitting the model around it.
@@ -240,9 +284,18 @@ pub(crate) fn model_params(
 ) -> Result<(Pin<Box<LlamaModelParams>>, u32)> {
     let base = LlamaModelParams::default()
         .with_main_gpu(placement.main_gpu as i32)
-        .with_split_mode(placement.split_mode.llama());
+        .with_split_mode(placement.split_mode.llama())
+        .with_tensor_split(&placement.tensor_split.0);
     match (placement.gpu_layers, shape) {
         (GpuLayers::Count(n), _) => Ok((Box::pin(base.with_n_gpu_layers(n)), n)),
+        // A split chosen by hand is not fitted (llama.cpp's fitting chooses the split
+        // itself and refuses one given): every layer goes to the GPUs in those shares, and
+        // one that does not fit fails the load with llama.cpp's allocation error.
+        (GpuLayers::Auto, Some(_))
+            if !placement.tensor_split.0.is_empty() && !gpus().is_empty() =>
+        {
+            Ok((Box::pin(base.with_n_gpu_layers(u32::MAX)), u32::MAX))
+        }
         (GpuLayers::Auto, Some(shape)) if !gpus().is_empty() => fit(path, base, shape, placement),
         (GpuLayers::Auto, _) => Ok((Box::pin(base.with_n_gpu_layers(0)), 0)),
     }
@@ -295,6 +348,28 @@ fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_splits_parse_and_print_and_nonsense_is_refused() {
+        let split: TensorSplit = "3,1".parse().unwrap();
+        assert_eq!(split, TensorSplit(vec![3.0, 1.0]));
+        assert_eq!(split.to_string(), "3,1");
+        assert_eq!(
+            " 0.5 , 0.5".parse::<TensorSplit>().unwrap().0,
+            vec![0.5, 0.5]
+        );
+        for bad in [
+            "",
+            "a,b",
+            "1,-1",
+            "0,0",
+            "inf",
+            "NaN",
+            &vec!["1"; 17].join(","),
+        ] {
+            assert!(bad.parse::<TensorSplit>().is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn settings_parse_and_print() {

@@ -177,6 +177,24 @@ impl Sampler {
         &self.params
     }
 
+    /// Where this sampler's choice is the argmax of the logits plus a logit bias — greedy,
+    /// with no penalty and no logprobs — that bias (sorted by token, possibly empty); the
+    /// device that computed the logits can then make the choice itself
+    /// (`Backend::choose_on_device`). `None` where the choice needs the logits here.
+    pub fn device_greedy_bias(&self) -> Option<Vec<(u32, f32)>> {
+        let p = &self.params;
+        let plain = (p.temperature <= 0.0 || p.top_k == 1)
+            && p.repetition_penalty == 1.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.top_logprobs.is_none();
+        plain.then(|| {
+            let mut bias: Vec<(u32, f32)> = p.logit_bias.iter().map(|(&t, &b)| (t, b)).collect();
+            bias.sort_unstable_by_key(|&(token, _)| token);
+            bias
+        })
+    }
+
     /// Record a token that became part of the sequence.
     pub fn accept(&mut self, token: u32) {
         *self.generated.entry(token).or_insert(0) += 1;

@@ -60,6 +60,9 @@ struct Sequence {
     generated: usize,
     max_tokens: usize,
     sampler: Sampler,
+    /// Its tokens are chosen by the device, an argmax after this logit bias (`None`: here,
+    /// from the logits). See `Backend::choose_on_device`.
+    device_bias: Option<Vec<(u32, f32)>>,
     decoder: Utf8Decoder,
     stop: StopMatcher,
     constraint: Option<Constraint>,
@@ -340,6 +343,11 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             let room = self.context_per_slot - request.prompt.len();
             let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
             let sampler = Sampler::new(request.sampling, &request.prompt, self.vocab.vocab_size());
+            // Images and grammars need what only the host has (an image's own passes; the
+            // grammar's mask over the logits).
+            let device_bias = sampler
+                .device_greedy_bias()
+                .filter(|_| constraint.is_none() && request.media.is_empty());
             self.running.push(Sequence {
                 id,
                 priority: request.priority,
@@ -354,6 +362,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 generated: 0,
                 max_tokens,
                 sampler,
+                device_bias,
                 decoder: Utf8Decoder::default(),
                 stop: StopMatcher::new(request.stop),
                 constraint,
@@ -814,6 +823,17 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         if self.batch.is_empty() {
             return;
         }
+        // Which slots' tokens the device chooses this step (a slot keeps its choice between
+        // requests: changing it costs llama.cpp a re-plan of its graph).
+        for seq in &mut self.running {
+            if seq.logits_at.is_some()
+                && !self
+                    .backend
+                    .choose_on_device(seq.slot, seq.device_bias.as_deref())
+            {
+                seq.device_bias = None;
+            }
+        }
         let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
         let clock = &self.stats.step_clock;
         let built = Instant::now();
@@ -908,8 +928,19 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .iter_mut()
             .filter(|seq| !seq.abandoned)
             .filter_map(|seq| {
-                let logits = backend.logits(seq.logits_at?);
-                Some((seq, logits))
+                let index = seq.logits_at?;
+                if seq.device_bias.is_some() {
+                    // Chosen already; no logits came back for it (none at all where every
+                    // sequence of the step was chosen on the device).
+                    seq.sampled = Some(
+                        backend
+                            .device_choice(index)
+                            .map(|token| (token, None))
+                            .ok_or_else(|| "the device chose no token".to_owned()),
+                    );
+                    return None;
+                }
+                Some((seq, backend.logits(index)))
             })
             .collect();
         // On a GPU the host's sampling is all that stands between two passes: spread it.
@@ -936,6 +967,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         let sampled = Instant::now();
         self.stats.step_clock.add(Phase::Sample, sampled - started);
+        let on_device = self
+            .running
+            .iter()
+            .filter(|seq| seq.device_bias.is_some() && seq.logits_at.is_some())
+            .count();
+        self.stats
+            .device_choices
+            .fetch_add(on_device as u64, Ordering::Relaxed);
         let mut index = 0;
         while index < self.running.len() {
             let seq = &mut self.running[index];
@@ -1244,6 +1283,8 @@ mod tests {
     struct Harness {
         scheduler: Scheduler<'static, ScriptedBackend, ScriptedVocabulary>,
         next_id: RequestId,
+        /// How the next submissions sample (greedy unless a test says otherwise).
+        sampling: SamplingParams,
     }
 
     fn vocab() -> &'static ScriptedVocabulary {
@@ -1286,12 +1327,14 @@ mod tests {
                 cache_type_k: Default::default(),
                 cache_type_v: Default::default(),
                 projector: None,
+                greedy_on_device: Default::default(),
             };
             let mut backend = ScriptedBackend::new(parallel, VOCAB);
             backend.asynchronous = asynchronous;
             Harness {
                 scheduler: Scheduler::new(vocab(), backend, &config, Arc::default()),
                 next_id: 1,
+                sampling: SamplingParams::greedy(),
             }
         }
 
@@ -1353,7 +1396,7 @@ mod tests {
                 request: GenerationRequest {
                     prompt: prompt.to_vec(),
                     media,
-                    sampling: SamplingParams::greedy(),
+                    sampling: self.sampling.clone(),
                     max_tokens: Some(max_tokens),
                     stop: vec![],
                     format: None,
@@ -2079,5 +2122,109 @@ mod tests {
         // The slot's cache holds the text before the image, and serves it again.
         let (_, cached) = generate_media(&mut h, &image, 4);
         assert!(cached >= 5, "{cached}");
+    }
+
+    /// The tokens of each of `runs`, which must have finished without an error.
+    fn tokens_of(runs: &[Shared]) -> Vec<Vec<u32>> {
+        runs.iter()
+            .map(|run| {
+                let run = run.lock().unwrap();
+                assert_eq!(run.error, None);
+                assert!(run.usage.is_some(), "unfinished");
+                run.tokens.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greedy_tokens_chosen_on_the_device_are_the_hosts_and_no_logits_are_read() {
+        // Two rounds of the same three prompts (the second from the cache), greedy, with a
+        // logit bias on one: the device's choices are the host's, no logits are read (the
+        // mock panics if a step whose outputs were all chosen on the device is read), and
+        // a slot gets its chain once, when it first serves a greedy request.
+        let prompts: Vec<Vec<u32>> = (0..3).map(|i| prompt(i, 20)).collect();
+        let generate = |device: bool| {
+            let mut h = Harness::asynchronous(4);
+            h.scheduler.backend.device = device;
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                for (i, p) in prompts.iter().enumerate() {
+                    h.sampling = SamplingParams::greedy();
+                    if i == 1 {
+                        // Ban what it would say first: the bias travels with the chain.
+                        let first = ScriptedBackend::next_token(VOCAB, p);
+                        h.sampling.logit_bias.insert(first, -100.0);
+                    }
+                    runs.push(h.submit(p, 12).1);
+                }
+                h.run_until_idle();
+            }
+            let backend = &h.scheduler.backend;
+            let attached = backend.chains.iter().flatten().count();
+            (tokens_of(&runs), backend.chain_changes, attached)
+        };
+        let (host, host_changes, _) = generate(false);
+        let (device, changes, attached) = generate(true);
+        assert_eq!(device, host);
+        assert_eq!(host_changes, 0);
+        assert!(attached >= 3, "{attached}");
+        // Slot 1's bias changed hands at most as often as its requests did.
+        assert!(
+            changes <= attached + 2,
+            "{changes} changes, {attached} chains"
+        );
+    }
+
+    #[test]
+    fn sampled_and_greedy_sequences_share_a_step_each_chosen_where_it_must_be() {
+        // A sampled sequence (temperature, a seed) beside two greedy ones: its slot keeps no
+        // chain and its logits are read (llama.cpp hands them all out then); every token is
+        // what the host alone chooses.
+        let generate = |device: bool| {
+            let mut h = Harness::asynchronous(3);
+            h.scheduler.backend.device = device;
+            let mut runs = Vec::new();
+            for i in 0..3 {
+                h.sampling = SamplingParams::greedy();
+                if i == 1 {
+                    h.sampling.temperature = 0.8;
+                    h.sampling.seed = Some(7);
+                }
+                runs.push(h.submit(&prompt(i, 16), 10).1);
+            }
+            h.run_until_idle();
+            let chains: Vec<bool> = h
+                .scheduler
+                .backend
+                .chains
+                .iter()
+                .map(Option::is_some)
+                .collect();
+            (tokens_of(&runs), chains)
+        };
+        let (host, _) = generate(false);
+        let (device, chains) = generate(true);
+        assert_eq!(device, host);
+        assert_eq!(chains.iter().filter(|&&c| c).count(), 2, "{chains:?}");
+    }
+
+    #[test]
+    fn a_slot_changes_its_chain_only_when_the_kind_of_request_changes() {
+        // One slot: greedy, greedy, sampled, greedy. The chain goes on once, comes off for
+        // the sampled request (whose logits must come back), and goes on again.
+        let mut h = Harness::asynchronous(1);
+        h.scheduler.backend.device = true;
+        let p = prompt(3, 12);
+        let mut runs = Vec::new();
+        for temperature in [0.0, 0.0, 0.9, 0.0] {
+            h.sampling = SamplingParams::greedy();
+            h.sampling.temperature = temperature;
+            h.sampling.seed = Some(1);
+            runs.push(h.submit(&p, 6).1);
+            h.run_until_idle();
+        }
+        tokens_of(&runs);
+        assert_eq!(h.scheduler.backend.chain_changes, 3);
+        assert!(h.scheduler.backend.chains[0].is_some());
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hearth_engine::{
-    EngineError, Event, FinishReason, GenerationRequest, LoadOptions, Model, Priority,
-    SamplingParams,
+    Engine, EngineConfig, EngineError, Event, FinishReason, GenerationRequest, LoadOptions, Model,
+    Priority, SamplingParams,
 };
 
 #[test]
@@ -469,22 +469,12 @@ fn structured_output_is_valid_json_and_grammars_are_cached() {
 
 #[test]
 fn prompt_cache_hits_are_token_identical_to_cold_runs_including_copied_caches() {
-    let cold_engine = hearth_engine::Engine::start(
+    let cold_engine = Engine::start(
         model(),
-        hearth_engine::EngineConfig {
-            parallel: 3,
-            context_per_slot: 1024,
-            batch_size: 512,
-            threads: 2,
-            kv_unified: false,
-            cpu_gate: None,
+        EngineConfig {
             prompt_cache: false,
             prompt_cache_ram: 0,
-            preemption: true,
-            flash_attention: Default::default(),
-            cache_type_k: Default::default(),
-            cache_type_v: Default::default(),
-            projector: None,
+            ..config(3, 1024)
         },
     )
     .unwrap();
@@ -553,6 +543,77 @@ fn sequences_moved_to_consecutive_slots_answer_as_before() {
             "prompt {i} answered differently"
         );
     }
+}
+
+#[test]
+fn greedy_tokens_chosen_by_llama_cpp_match_the_hosts_beside_sampled_requests() {
+    // `--greedy-on-device on` (on the CPU here, the same graph a GPU runs): greedy requests'
+    // tokens come from llama.cpp's argmax (after their logit bias), a sampled request beside
+    // them still gets its logits; every reply is what the host's own choice gives, and the
+    // second round reuses the slots' chains.
+    let requests = || {
+        let questions = [
+            "Name a river of Europe.",
+            "Say something about cats.",
+            "What is two plus two?",
+        ];
+        let mut requests: Vec<GenerationRequest> = questions
+            .iter()
+            .map(|q| greedy(chat_prompt(q), 20))
+            .collect();
+        // A ban on what the second would say first: the bias goes to the device too.
+        let first = generate(&engine(1), requests[1].clone()).tokens[0];
+        requests[1].sampling.logit_bias.insert(first, -100.0);
+        requests.push(GenerationRequest {
+            sampling: SamplingParams {
+                temperature: 0.8,
+                seed: Some(11),
+                ..SamplingParams::default()
+            },
+            ..greedy(chat_prompt("Write one line about the sea."), 20)
+        });
+        requests
+    };
+    let run = |on_device: hearth_engine::GreedyOnDevice| {
+        let engine = Engine::start(
+            model(),
+            EngineConfig {
+                greedy_on_device: on_device,
+                ..config(4, 1024)
+            },
+        )
+        .unwrap();
+        let mut rounds = Vec::new();
+        for _ in 0..2 {
+            let handles: Vec<_> = requests()
+                .into_iter()
+                .map(|r| engine.submit(r).unwrap())
+                .collect();
+            let outputs: Vec<Vec<u32>> = handles
+                .into_iter()
+                .map(|h| collect(h.events).tokens)
+                .collect();
+            rounds.push(outputs);
+        }
+        // Three greedy requests a round, every token of theirs chosen by llama.cpp (and an
+        // end of turn, if one ended so).
+        let chosen = engine.stats().device_choices as usize;
+        let greedy_tokens: usize = rounds.iter().flat_map(|r| &r[..3]).map(Vec::len).sum();
+        match on_device {
+            hearth_engine::GreedyOnDevice::On => {
+                assert!(
+                    (greedy_tokens..=greedy_tokens + 6).contains(&chosen),
+                    "{chosen}"
+                )
+            }
+            _ => assert_eq!(chosen, 0),
+        }
+        rounds
+    };
+    let host = run(hearth_engine::GreedyOnDevice::Off);
+    let device = run(hearth_engine::GreedyOnDevice::On);
+    assert!(host[0][1] != generate(&engine(1), greedy(requests()[1].prompt.clone(), 20)).tokens);
+    assert_eq!(device, host);
 }
 
 #[test]

@@ -144,6 +144,9 @@ pub struct WorkerStatus {
     /// Sequences moved between slots to keep the running ones consecutive.
     #[serde(default)]
     pub slot_moves: u64,
+    /// Tokens the GPU chose itself (greedy requests, `--greedy-on-device`).
+    #[serde(default)]
+    pub device_choices: u64,
     /// Prompt caches in host memory.
     #[serde(default)]
     pub host_cache_bytes: usize,

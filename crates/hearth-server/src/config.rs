@@ -85,6 +85,10 @@ pub struct WorkerSettings {
     pub main_gpu: u32,
     /// `none`, `layer` or `row`.
     pub split_mode: &'static str,
+    /// `--tensor-split` as the worker takes it (`3,1`), if given.
+    pub tensor_split: Option<String>,
+    /// `--greedy-on-device` as the worker takes it (`auto`, `on`, `off`).
+    pub greedy_on_device: &'static str,
     /// KV cache element types (`f16`, `q8_0`, `q4_0`).
     pub cache_type_k: &'static str,
     pub cache_type_v: &'static str,

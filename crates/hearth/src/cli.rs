@@ -83,8 +83,8 @@ pub struct ServeArgs {
     /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
     /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
     /// (docs/architecture.md, "Exactness").
-    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
-    pub flash_attn: FlashAttn,
+    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto, env = "HEARTH_FLASH_ATTN")]
+    pub flash_attn: AutoSwitch,
     /// How `/v1/embeddings` pools token vectors: `model` takes the GGUF's pooling (embedding
     /// models have one); `mean`, `cls` or `last` let any model embed.
     #[arg(long, value_enum, default_value_t = PoolingArg::Model, env = "HEARTH_POOLING")]
@@ -340,6 +340,17 @@ pub struct GpuArgs {
     /// the process and its workers unless it is set already.
     #[arg(long, value_enum, default_value_t = Switch::Off, env = "HEARTH_CUDA_FUSION")]
     pub cuda_fusion: Switch,
+    /// Shares of the model per GPU, in device order (`3,1`: three quarters on the first).
+    /// Without it the split follows each GPU's free memory. With it, `--gpu-layers auto`
+    /// offloads every layer without fitting (llama.cpp's fitting chooses its own split).
+    #[arg(long, env = "HEARTH_TENSOR_SPLIT")]
+    pub tensor_split: Option<hearth_engine::TensorSplit>,
+    /// Where a greedy request's next token is chosen: `auto` on the GPU when every layer
+    /// runs there (an argmax in llama.cpp's graph, so no sequence's logits are copied to the
+    /// host; 32 sequences of a 49k vocabulary copy 6 MB a step otherwise), `on` also on the
+    /// CPU, `off` always on the host from the logits. Same tokens either way.
+    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto, env = "HEARTH_GREEDY_ON_DEVICE")]
+    pub greedy_on_device: AutoSwitch,
 }
 
 impl GpuArgs {
@@ -363,6 +374,7 @@ impl GpuArgs {
             main_gpu: self.main_gpu,
             split_mode: self.split_mode.engine(),
             reserve_bytes: 0,
+            tensor_split: self.tensor_split.clone().unwrap_or_default(),
         }
     }
 }
@@ -408,26 +420,36 @@ impl CacheTypeArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FlashAttn {
+pub enum AutoSwitch {
     Auto,
     On,
     Off,
 }
 
-impl FlashAttn {
+impl AutoSwitch {
     pub fn as_str(self) -> &'static str {
         match self {
-            FlashAttn::Auto => "auto",
-            FlashAttn::On => "on",
-            FlashAttn::Off => "off",
+            AutoSwitch::Auto => "auto",
+            AutoSwitch::On => "on",
+            AutoSwitch::Off => "off",
         }
     }
 
+    /// As `--flash-attn`.
     pub fn engine(self) -> hearth_engine::FlashAttention {
         match self {
-            FlashAttn::Auto => hearth_engine::FlashAttention::Auto,
-            FlashAttn::On => hearth_engine::FlashAttention::On,
-            FlashAttn::Off => hearth_engine::FlashAttention::Off,
+            AutoSwitch::Auto => hearth_engine::FlashAttention::Auto,
+            AutoSwitch::On => hearth_engine::FlashAttention::On,
+            AutoSwitch::Off => hearth_engine::FlashAttention::Off,
+        }
+    }
+
+    /// As `--greedy-on-device`.
+    pub fn greedy_on_device(self) -> hearth_engine::GreedyOnDevice {
+        match self {
+            AutoSwitch::Auto => hearth_engine::GreedyOnDevice::Auto,
+            AutoSwitch::On => hearth_engine::GreedyOnDevice::On,
+            AutoSwitch::Off => hearth_engine::GreedyOnDevice::Off,
         }
     }
 }
@@ -523,6 +545,10 @@ pub struct WorkerArgs {
     pub main_gpu: u32,
     #[arg(long, value_enum, default_value_t = SplitArg::Layer)]
     pub split_mode: SplitArg,
+    #[arg(long)]
+    pub tensor_split: Option<hearth_engine::TensorSplit>,
+    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto)]
+    pub greedy_on_device: AutoSwitch,
     #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]
     pub cache_type_k: CacheTypeArg,
     #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]
@@ -536,8 +562,8 @@ pub struct WorkerArgs {
     /// A waiting high-priority request may not pause lower-priority sequences.
     #[arg(long)]
     pub no_preemption: bool,
-    #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
-    pub flash_attn: FlashAttn,
+    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto)]
+    pub flash_attn: AutoSwitch,
     #[arg(long, value_enum, default_value_t = PoolingArg::Model)]
     pub pooling: PoolingArg,
     /// Load only the tokenizer and template: count tokens for the orchestrator.
@@ -574,8 +600,8 @@ pub struct EngineArgs {
     /// Flash attention (`auto`: llama.cpp's choice). On the CPU, `off` keeps long batched
     /// generations equal to solo runs, `on` keeps cache hits equal to cold runs
     /// (docs/architecture.md, "Exactness").
-    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, env = "HEARTH_FLASH_ATTN")]
-    pub flash_attn: FlashAttn,
+    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto, env = "HEARTH_FLASH_ATTN")]
+    pub flash_attn: AutoSwitch,
     /// Share one KV buffer across sequences (outputs may then depend on what runs alongside;
     /// measured slower: docs/benchmarks.md).
     #[arg(long, env = "HEARTH_KV_UNIFIED")]

@@ -51,6 +51,17 @@ pub fn measure(
         .arg(args.engine.flash_attn.as_str())
         .arg("--cuda-fusion")
         .arg(args.engine.gpu.cuda_fusion.as_str())
+        .arg("--split-mode")
+        .arg(args.engine.gpu.split_mode.engine().as_str())
+        .args(
+            args.engine
+                .gpu
+                .tensor_split
+                .iter()
+                .flat_map(|split| ["--tensor-split".to_owned(), split.to_string()]),
+        )
+        .arg("--greedy-on-device")
+        .arg(args.engine.gpu.greedy_on_device.as_str())
         .arg("--model")
         .arg(format!("bench={}", model.display()))
         .stdout(Stdio::null())

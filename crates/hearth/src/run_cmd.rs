@@ -52,6 +52,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize, prompt_cache: bool) -> R
         cache_type_k: args.gpu.cache_type_k.engine(),
         cache_type_v: args.gpu.cache_type_v.engine(),
         prompt_cache,
+        greedy_on_device: args.gpu.greedy_on_device.greedy_on_device(),
         ..EngineConfig::default()
     };
     let model = Model::load(

@@ -94,6 +94,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             gpu_layers: args.gpu.gpu_layers.to_string(),
             main_gpu: args.gpu.main_gpu,
             split_mode: args.gpu.split_mode.engine().as_str(),
+            tensor_split: args.gpu.tensor_split.as_ref().map(ToString::to_string),
+            greedy_on_device: args.gpu.greedy_on_device.as_str(),
             cache_type_k: args.gpu.cache_type_k.as_str(),
             cache_type_v: args.gpu.cache_type_v.as_str(),
             max_image_side: args.media.max_image_side,

@@ -247,6 +247,7 @@ fn load(args: &WorkerArgs) -> Result<Loaded> {
                 gpu_layers: args.gpu_layers,
                 main_gpu: args.main_gpu,
                 split_mode: args.split_mode.engine(),
+                tensor_split: args.tensor_split.clone().unwrap_or_default(),
                 // The projector loads after the model fits: leave it its file and 512 MiB of
                 // encoder buffers.
                 reserve_bytes: args.mmproj.as_ref().map_or(0, |p| {
@@ -300,6 +301,7 @@ fn engine_config(args: &WorkerArgs) -> EngineConfig {
         cache_type_k: args.cache_type_k.engine(),
         cache_type_v: args.cache_type_v.engine(),
         cpu_gate: args.cpu_gate.clone(),
+        greedy_on_device: args.greedy_on_device.greedy_on_device(),
         ..EngineConfig::default()
     }
 }
@@ -978,6 +980,7 @@ impl Worker {
                     paused: stats.paused,
                     preemptions: stats.preemptions,
                     slot_moves: stats.slot_moves,
+                    device_choices: stats.device_choices,
                     host_cache_bytes: stats.host_cache_bytes,
                     host_cache_entries: stats.host_cache_entries,
                     slot_tokens: stats.slot_tokens,

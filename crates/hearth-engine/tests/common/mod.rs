@@ -48,22 +48,31 @@ pub fn engine_configured(
     Engine::start(
         model(),
         EngineConfig {
-            parallel,
-            context_per_slot,
-            batch_size: 512,
-            threads: 2,
-            kv_unified: false,
-            cpu_gate: None,
-            prompt_cache: true,
-            prompt_cache_ram: 64 << 20,
-            preemption: true,
             flash_attention,
-            cache_type_k: Default::default(),
-            cache_type_v: Default::default(),
-            projector: None,
+            ..config(parallel, context_per_slot)
         },
     )
     .unwrap()
+}
+
+/// The tests' engine settings.
+pub fn config(parallel: usize, context_per_slot: u32) -> EngineConfig {
+    EngineConfig {
+        parallel,
+        context_per_slot,
+        batch_size: 512,
+        threads: 2,
+        kv_unified: false,
+        cpu_gate: None,
+        prompt_cache: true,
+        prompt_cache_ram: 64 << 20,
+        preemption: true,
+        flash_attention: Default::default(),
+        cache_type_k: Default::default(),
+        cache_type_v: Default::default(),
+        projector: None,
+        greedy_on_device: Default::default(),
+    }
 }
 
 /// Tokens of a one-message chat rendered with the model's own template.

@@ -71,6 +71,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 entry["grammar_cache_hits"] = json!(status.grammar_cache_hits);
                 entry["paused"] = json!(status.paused);
                 entry["preemptions"] = json!(status.preemptions);
+                entry["tokens_chosen_on_device"] = json!(status.device_choices);
                 entry["prompt_cache"] = json!({
                     "slot_tokens": status.slot_tokens,
                     "host_bytes": status.host_cache_bytes,

@@ -88,6 +88,12 @@ pub async fn spawn_worker(
     if !settings.preemption {
         command.arg("--no-preemption");
     }
+    if let Some(split) = &settings.tensor_split {
+        command.arg("--tensor-split").arg(split);
+    }
+    command
+        .arg("--greedy-on-device")
+        .arg(settings.greedy_on_device);
     command.arg("--flash-attn").arg(settings.flash_attn);
     command.arg("--pooling").arg(settings.pooling);
     if settings.vocab_only {
