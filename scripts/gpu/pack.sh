@@ -40,6 +40,18 @@ fi
 .venv/bin/python -m pip install --quiet -r scripts/requirements-convert.txt
 .venv/bin/python scripts/gpu/vocab-gguf.py models/SmolLM2-135M-Instruct.Q4_1.gguf "$KIT/vocab.gguf"
 .venv/bin/python -m pip download --quiet --no-deps gguf==0.19.0 -d "$KIT"
+# The chats of scripts/bench-peer-cache.py's workload b (8 questions under one ~400-token
+# system prompt), for stream-bench.py on the GPU machine.
+.venv/bin/python - "$KIT/prompts-b.json" <<'PY'
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("peer", "scripts/bench-peer-cache.py")
+sys.path.insert(0, "scripts")
+peer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(peer)
+chats = [[{"role": "system", "content": peer.SYSTEM_B}, {"role": "user", "content": q}]
+         for q in peer.QUESTIONS_B]
+json.dump(chats, open(sys.argv[1], "w"))
+PY
 cp scripts/gpu/mkmodel.py scripts/gpu/quantize.c scripts/gpu/stream-bench.py scripts/gpu/checks.py \
   scripts/gpu/agreement.py "$KIT/"
 du -sh "$KIT"

@@ -97,6 +97,9 @@ overhead() {
       "$bin" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 \
         --concurrency 1,8,32 --repeat 3
     done
+    echo "## $KIT/hearth bench (engine), --greedy-on-device off (tokens chosen on the host)"
+    "$KIT/hearth" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 \
+      --concurrency 1,8,32 --repeat 3 --greedy-on-device off
   } 2>&1 | tee "$OUT/overhead.txt"
 }
 
@@ -214,6 +217,39 @@ http() {
     for n in 1 1 1 32 32 32 64 64; do python3 "$KIT/stream-bench.py" http://127.0.0.1:18081 bench $n 128 0,1,2; done
     kill $pid; wait $pid || true
   } 2>&1 | tee "$OUT/http.txt"
+}
+
+# Workload b of scripts/bench-peer-cache.py (issue 12) on the GPU, with the default model
+# (MODEL, SmolLM2-135M Q4_1): 8 slots of 2048 tokens, 8 streams sharing a ~400-token system
+# prompt, 64 tokens each with end-of-turn banned, rounds repeated; hearth (greedy chosen on
+# the device, then on the host) against llama-server.
+peer_b() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model=${MODEL:?the default model} peers="$W/peers/build/bin" pid variant
+  wait_up() { for _ in $(seq 120); do curl -sf "$1" > /dev/null && return 0; sleep 1; done; return 1; }
+  {
+    for variant in on off; do
+      echo "## hearth serve, --greedy-on-device $variant"
+      "$KIT/hearth" serve --port 18083 --model "smol=$model" --parallel 8 --ctx-size 2048 \
+        --preload --greedy-on-device $variant > "$W/hearth-b.log" 2>&1 &
+      pid=$!
+      wait_up http://127.0.0.1:18083/health/ready
+      for _ in $(seq 9); do
+        python3 "$KIT/stream-bench.py" http://127.0.0.1:18083 smol 8 64 0,1,2 "$KIT/prompts-b.json"
+      done
+      curl -s http://127.0.0.1:18083/health/ready | grep -o '"tokens_chosen_on_device":[0-9]*'
+      kill $pid; wait $pid || true
+    done
+    echo "## llama-server"
+    "$peers/llama-server" -m "$model" -ngl 99 -np 8 -c 16384 --cache-reuse 0 --port 18084 \
+      > "$W/llama-server-b.log" 2>&1 &
+    pid=$!
+    wait_up http://127.0.0.1:18084/health
+    for _ in $(seq 9); do
+      python3 "$KIT/stream-bench.py" http://127.0.0.1:18084 smol 8 64 0,1,2 "$KIT/prompts-b.json"
+    done
+    kill $pid; wait $pid || true
+  } 2>&1 | tee "$OUT/peer-b.txt"
 }
 
 "$@"

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Streams at once against an OpenAI-compatible server, standard library only (the GPU machine
 has no httpx): aggregate decode tok/s and median time to first token.
-Usage: stream-bench.py BASE_URL MODEL STREAMS [MAX_TOKENS] [EOG_TOKEN_IDS,...]
+Usage: stream-bench.py BASE_URL MODEL STREAMS [MAX_TOKENS] [EOG_TOKEN_IDS,...] [PROMPTS.json]
 End-of-generation tokens are banned with logit_bias, so every stream runs to MAX_TOKENS
-(random-weight models would otherwise stop anywhere)."""
+(random-weight models would otherwise stop anywhere). PROMPTS.json, a list of message lists:
+stream i sends the (i mod n)-th (scripts/gpu/pack.sh writes the shared-system-prompt chats of
+scripts/bench-peer-cache.py's workload b)."""
 import http.client
 import json
 import statistics
@@ -15,6 +17,7 @@ import urllib.parse
 base, model, streams = sys.argv[1], sys.argv[2], int(sys.argv[3])
 max_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 128
 banned = [t for t in (sys.argv[5].split(",") if len(sys.argv) > 5 else []) if t]
+prompts = json.load(open(sys.argv[6])) if len(sys.argv) > 6 else None
 url = urllib.parse.urlparse(base)
 
 
@@ -28,7 +31,8 @@ def one(i, results):
 def stream(i, results):
     body = {
         "model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": f"Stream {i}: write a long story about the sea."}],
+        "messages": prompts[i % len(prompts)] if prompts else
+        [{"role": "user", "content": f"Stream {i}: write a long story about the sea."}],
         "logit_bias": {t: -100 for t in banned},
     }
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)

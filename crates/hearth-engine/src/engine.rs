@@ -55,51 +55,14 @@ pub struct EngineConfig {
     pub cache_type_v: CacheType,
     /// The model's vision projector: prompts may hold images.
     pub projector: Option<Arc<Projector>>,
-    /// Where greedy requests' tokens are chosen (see `GreedyOnDevice`).
-    pub greedy_on_device: GreedyOnDevice,
-}
-
-/// Whether a greedy request's next token is chosen by the device that computed its logits
-/// (an argmax in llama.cpp's graph, after the request's logit bias) instead of on the host
-/// from logits copied out. On a GPU the copy (vocabulary × sequences floats a step) and
-/// the host's pass over it are time the GPU stands idle; the device's choice is the same
-/// token (an exact tie between two logits aside). Requests that need the logits — sampled,
-/// penalised, constrained, with logprobs, with images — are chosen on the host as always.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum GreedyOnDevice {
-    /// On where every layer runs on a GPU.
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-impl GreedyOnDevice {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(GreedyOnDevice::Auto),
-            "on" => Ok(GreedyOnDevice::On),
-            "off" => Ok(GreedyOnDevice::Off),
-            _ => Err(format!("expected auto, on or off, not {s:?}")),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GreedyOnDevice::Auto => "auto",
-            GreedyOnDevice::On => "on",
-            GreedyOnDevice::Off => "off",
-        }
-    }
-
-    /// Whether it applies to a model with every layer on a GPU (`offloaded`) or not.
-    pub fn enabled(self, offloaded: bool) -> bool {
-        match self {
-            GreedyOnDevice::Auto => offloaded,
-            GreedyOnDevice::On => true,
-            GreedyOnDevice::Off => false,
-        }
-    }
+    /// Greedy requests' tokens are chosen by the device that computed their logits (an
+    /// argmax in llama.cpp's graph, after the request's logit bias) instead of on the host
+    /// from logits copied out; requests that need the logits (sampled, penalised,
+    /// constrained, with logprobs or images) are chosen on the host either way. Same tokens
+    /// (an exact tie between two logits aside). Off by default: on an H100 (8B, 49k
+    /// vocabulary) llama.cpp's sampling graph cost more per step than the copy and the
+    /// host's argmax it saves (docs/benchmarks.md, "GPU: greedy tokens chosen on the GPU").
+    pub greedy_on_device: bool,
 }
 
 /// Whether llama.cpp computes attention with its fused flash-attention kernels.
@@ -156,7 +119,7 @@ impl Default for EngineConfig {
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
             projector: None,
-            greedy_on_device: GreedyOnDevice::Auto,
+            greedy_on_device: false,
         }
     }
 }
@@ -482,7 +445,7 @@ fn run_engine_thread(
         config.projector.clone(),
         offloaded,
         model.llama.n_vocab().max(0) as usize,
-        config.greedy_on_device.enabled(offloaded),
+        config.greedy_on_device,
     );
     if model.gpu_layers() > 0 {
         backend.warm_up();

@@ -25,8 +25,8 @@ pub mod tools;
 pub mod vision;
 
 pub use engine::{
-    default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, GreedyOnDevice,
-    PreparedRequest, RequestHandle, StatsSnapshot,
+    default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, PreparedRequest,
+    RequestHandle, StatsSnapshot,
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo, Offload};

@@ -1327,7 +1327,7 @@ mod tests {
                 cache_type_k: Default::default(),
                 cache_type_v: Default::default(),
                 projector: None,
-                greedy_on_device: Default::default(),
+                greedy_on_device: false,
             };
             let mut backend = ScriptedBackend::new(parallel, VOCAB);
             backend.asynchronous = asynchronous;

@@ -547,7 +547,7 @@ fn sequences_moved_to_consecutive_slots_answer_as_before() {
 
 #[test]
 fn greedy_tokens_chosen_by_llama_cpp_match_the_hosts_beside_sampled_requests() {
-    // `--greedy-on-device on` (on the CPU here, the same graph a GPU runs): greedy requests'
+    // `--greedy-on-device on` (on the CPU here: the same graph a GPU runs): greedy requests'
     // tokens come from llama.cpp's argmax (after their logit bias), a sampled request beside
     // them still gets its logits; every reply is what the host's own choice gives, and the
     // second round reuses the slots' chains.
@@ -574,7 +574,7 @@ fn greedy_tokens_chosen_by_llama_cpp_match_the_hosts_beside_sampled_requests() {
         });
         requests
     };
-    let run = |on_device: hearth_engine::GreedyOnDevice| {
+    let run = |on_device: bool| {
         let engine = Engine::start(
             model(),
             EngineConfig {
@@ -599,19 +599,18 @@ fn greedy_tokens_chosen_by_llama_cpp_match_the_hosts_beside_sampled_requests() {
         // end of turn, if one ended so).
         let chosen = engine.stats().device_choices as usize;
         let greedy_tokens: usize = rounds.iter().flat_map(|r| &r[..3]).map(Vec::len).sum();
-        match on_device {
-            hearth_engine::GreedyOnDevice::On => {
-                assert!(
-                    (greedy_tokens..=greedy_tokens + 6).contains(&chosen),
-                    "{chosen}"
-                )
-            }
-            _ => assert_eq!(chosen, 0),
+        if on_device {
+            assert!(
+                (greedy_tokens..=greedy_tokens + 6).contains(&chosen),
+                "{chosen}"
+            );
+        } else {
+            assert_eq!(chosen, 0);
         }
         rounds
     };
-    let host = run(hearth_engine::GreedyOnDevice::Off);
-    let device = run(hearth_engine::GreedyOnDevice::On);
+    let host = run(false);
+    let device = run(true);
     assert!(host[0][1] != generate(&engine(1), greedy(requests()[1].prompt.clone(), 20)).tokens);
     assert_eq!(device, host);
 }

@@ -87,7 +87,7 @@ pub struct WorkerSettings {
     pub split_mode: &'static str,
     /// `--tensor-split` as the worker takes it (`3,1`), if given.
     pub tensor_split: Option<String>,
-    /// `--greedy-on-device` as the worker takes it (`auto`, `on`, `off`).
+    /// `--greedy-on-device` as the worker takes it (`on`, `off`).
     pub greedy_on_device: &'static str,
     /// KV cache element types (`f16`, `q8_0`, `q4_0`).
     pub cache_type_k: &'static str,

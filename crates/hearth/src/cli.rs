@@ -345,12 +345,12 @@ pub struct GpuArgs {
     /// offloads every layer without fitting (llama.cpp's fitting chooses its own split).
     #[arg(long, env = "HEARTH_TENSOR_SPLIT")]
     pub tensor_split: Option<hearth_engine::TensorSplit>,
-    /// Where a greedy request's next token is chosen: `auto` on the GPU when every layer
-    /// runs there (an argmax in llama.cpp's graph, so no sequence's logits are copied to the
-    /// host; 32 sequences of a 49k vocabulary copy 6 MB a step otherwise), `on` also on the
-    /// CPU, `off` always on the host from the logits. Same tokens either way.
-    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto, env = "HEARTH_GREEDY_ON_DEVICE")]
-    pub greedy_on_device: AutoSwitch,
+    /// Greedy requests' tokens chosen by llama.cpp on the device (an argmax in its graph)
+    /// instead of by hearth from the logits: no logits are copied out for them. Same tokens.
+    /// Off by default: on an H100 with a 49k vocabulary llama.cpp's sampling graph cost more
+    /// per step than it saved (32 sequences: 2,931 against 3,070 tok/s).
+    #[arg(long, value_enum, default_value_t = Switch::Off, env = "HEARTH_GREEDY_ON_DEVICE")]
+    pub greedy_on_device: Switch,
 }
 
 impl GpuArgs {
@@ -441,15 +441,6 @@ impl AutoSwitch {
             AutoSwitch::Auto => hearth_engine::FlashAttention::Auto,
             AutoSwitch::On => hearth_engine::FlashAttention::On,
             AutoSwitch::Off => hearth_engine::FlashAttention::Off,
-        }
-    }
-
-    /// As `--greedy-on-device`.
-    pub fn greedy_on_device(self) -> hearth_engine::GreedyOnDevice {
-        match self {
-            AutoSwitch::Auto => hearth_engine::GreedyOnDevice::Auto,
-            AutoSwitch::On => hearth_engine::GreedyOnDevice::On,
-            AutoSwitch::Off => hearth_engine::GreedyOnDevice::Off,
         }
     }
 }
@@ -547,8 +538,8 @@ pub struct WorkerArgs {
     pub split_mode: SplitArg,
     #[arg(long)]
     pub tensor_split: Option<hearth_engine::TensorSplit>,
-    #[arg(long, value_enum, default_value_t = AutoSwitch::Auto)]
-    pub greedy_on_device: AutoSwitch,
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    pub greedy_on_device: Switch,
     #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]
     pub cache_type_k: CacheTypeArg,
     #[arg(long, value_enum, default_value_t = CacheTypeArg::F16)]

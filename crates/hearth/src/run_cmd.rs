@@ -10,7 +10,7 @@ use hearth_engine::{
 };
 use serde_json::json;
 
-use crate::cli::{EngineArgs, RunArgs, SamplingArgs};
+use crate::cli::{EngineArgs, RunArgs, SamplingArgs, Switch};
 use crate::model_path;
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -52,7 +52,7 @@ pub fn start_engine(args: &EngineArgs, parallel: usize, prompt_cache: bool) -> R
         cache_type_k: args.gpu.cache_type_k.engine(),
         cache_type_v: args.gpu.cache_type_v.engine(),
         prompt_cache,
-        greedy_on_device: args.gpu.greedy_on_device.greedy_on_device(),
+        greedy_on_device: args.gpu.greedy_on_device == Switch::On,
         ..EngineConfig::default()
     };
     let model = Model::load(

@@ -26,7 +26,7 @@ use hearth_ipc::{
     PromptSpec, ToWorker, WorkerReady, WorkerStatus,
 };
 
-use crate::cli::WorkerArgs;
+use crate::cli::{Switch, WorkerArgs};
 use hearth_engine::embed::{EmbedConfig, Embedder};
 
 /// Frames to the orchestrator come from two threads (this one and the engine's).
@@ -301,7 +301,7 @@ fn engine_config(args: &WorkerArgs) -> EngineConfig {
         cache_type_k: args.cache_type_k.engine(),
         cache_type_v: args.cache_type_v.engine(),
         cpu_gate: args.cpu_gate.clone(),
-        greedy_on_device: args.greedy_on_device.greedy_on_device(),
+        greedy_on_device: args.greedy_on_device == Switch::On,
         ..EngineConfig::default()
     }
 }

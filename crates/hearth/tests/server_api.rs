@@ -88,7 +88,7 @@ fn completions_equal_the_engines_greedy_output() {
             cache_type_k: Default::default(),
             cache_type_v: Default::default(),
             projector: None,
-            greedy_on_device: Default::default(),
+            greedy_on_device: false,
         },
     )
     .unwrap();

@@ -71,7 +71,7 @@ pub fn config(parallel: usize, context_per_slot: u32) -> EngineConfig {
         cache_type_k: Default::default(),
         cache_type_v: Default::default(),
         projector: None,
-        greedy_on_device: Default::default(),
+        greedy_on_device: false,
     }
 }
 
