@@ -221,23 +221,22 @@ http() {
 
 # Workload b of scripts/bench-peer-cache.py (issue 12) on the GPU, with the default model
 # (MODEL, SmolLM2-135M Q4_1): 8 slots of 2048 tokens, 8 streams sharing a ~400-token system
-# prompt, 64 tokens each with end-of-turn banned, rounds repeated; hearth (greedy chosen on
-# the device, then on the host) against llama-server.
+# prompt, 64 tokens each with end-of-turn banned, 9 rounds; hearth (HEARTH_BASE, e.g. the
+# previous build, then the kit's) against llama-server.
 peer_b() {
   export LD_LIBRARY_PATH="$W/build/bin"
-  local model=${MODEL:?the default model} peers="$W/peers/build/bin" pid variant
+  local model=${MODEL:?the default model} peers=${PEERS:-$W/peers/build/bin} pid bin
   wait_up() { for _ in $(seq 120); do curl -sf "$1" > /dev/null && return 0; sleep 1; done; return 1; }
   {
-    for variant in on off; do
-      echo "## hearth serve, --greedy-on-device $variant"
-      "$KIT/hearth" serve --port 18083 --model "smol=$model" --parallel 8 --ctx-size 2048 \
-        --preload --greedy-on-device $variant > "$W/hearth-b.log" 2>&1 &
+    for bin in ${HEARTH_BASE:-} "$KIT/hearth"; do
+      echo "## $bin serve"
+      "$bin" serve --port 18083 --model "smol=$model" --parallel 8 --ctx-size 2048 \
+        --preload > "$W/hearth-b.log" 2>&1 &
       pid=$!
       wait_up http://127.0.0.1:18083/health/ready
       for _ in $(seq 9); do
         python3 "$KIT/stream-bench.py" http://127.0.0.1:18083 smol 8 64 0,1,2 "$KIT/prompts-b.json"
       done
-      curl -s http://127.0.0.1:18083/health/ready | grep -o '"tokens_chosen_on_device":[0-9]*'
       kill $pid; wait $pid || true
     done
     echo "## llama-server"
@@ -250,6 +249,32 @@ peer_b() {
     done
     kill $pid; wait $pid || true
   } 2>&1 | tee "$OUT/peer-b.txt"
+}
+
+# Several GPUs (nvidia-h100-x2): the default model (MODEL) split 3:1 and 1:3 with
+# --tensor-split (4 slots of 8192 tokens, so the KV cache shows in each card's memory);
+# each card's memory in use while it is loaded, and the same greedy reply from both.
+tensor_split() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model=${MODEL:?the default model} pid split
+  wait_up() { for _ in $(seq 120); do curl -sf "$1" > /dev/null && return 0; sleep 1; done; return 1; }
+  {
+    nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
+    for split in 3,1 1,3; do
+      echo "## --tensor-split $split"
+      "$KIT/hearth" serve --port 18085 --model "smol=$model" --parallel 4 --ctx-size 8192 \
+        --tensor-split "$split" --preload > "$W/split.log" 2>&1 &
+      pid=$!
+      wait_up http://127.0.0.1:18085/health/ready || tail -n 20 "$W/split.log"
+      nvidia-smi --query-gpu=index,memory.used --format=csv,noheader
+      curl -s http://127.0.0.1:18085/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"model":"smol","temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"Name three rivers of Europe."}]}' \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'
+      curl -s http://127.0.0.1:18085/health/ready | python3 -c 'import json,sys
+for m in json.load(sys.stdin)["models"].values(): print(m.get("placement"), m.get("gpus"))'
+      kill $pid; wait $pid || true
+    done
+  } 2>&1 | tee "$OUT/tensor-split.txt"
 }
 
 "$@"
