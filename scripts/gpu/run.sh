@@ -234,7 +234,7 @@ peer_b() {
         --preload > "$W/hearth-b.log" 2>&1 &
       pid=$!
       wait_up http://127.0.0.1:18083/health/ready
-      for _ in $(seq 9); do
+      for _ in $(seq ${ROUNDS:-9}); do
         python3 "$KIT/stream-bench.py" http://127.0.0.1:18083 smol 8 64 0,1,2 "$KIT/prompts-b.json"
       done
       kill $pid; wait $pid || true
@@ -244,7 +244,7 @@ peer_b() {
       > "$W/llama-server-b.log" 2>&1 &
     pid=$!
     wait_up http://127.0.0.1:18084/health
-    for _ in $(seq 9); do
+    for _ in $(seq ${ROUNDS:-9}); do
       python3 "$KIT/stream-bench.py" http://127.0.0.1:18084 smol 8 64 0,1,2 "$KIT/prompts-b.json"
     done
     kill $pid; wait $pid || true
