@@ -144,8 +144,11 @@ pub struct EngineStats {
     pub preemptions: AtomicU64,
     /// Sequences moved to another slot to keep the running ones consecutive (`pack`).
     pub slot_moves: AtomicU64,
-    /// Tokens chosen by the device (greedy requests; `GreedyOnDevice`).
+    /// Tokens chosen by the device (greedy requests; `EngineConfig::greedy_on_device`).
     pub device_choices: AtomicU64,
+    /// Requests the caller is still preparing (rendering, tokenizing; `Engine::preparing`):
+    /// an idle engine waits a moment for them, so a burst starts in one step.
+    pub preparing: AtomicUsize,
     /// Prompt caches saved in host memory.
     pub host_cache_bytes: AtomicUsize,
     pub host_cache_entries: AtomicUsize,
@@ -382,6 +385,14 @@ impl Engine {
         let _ = self.commands.send(Command::Cancel(id));
     }
 
+    /// Say that a request is on its way (being rendered and tokenized) until the returned
+    /// guard is dropped — after its `submit_prepared`, or once it failed. An idle engine
+    /// holds its next step for such requests, up to a few milliseconds (`Scheduler::gather`).
+    pub fn preparing(&self) -> Preparing {
+        self.stats.preparing.fetch_add(1, Ordering::Relaxed);
+        Preparing(self.stats.clone())
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         StatsSnapshot {
             running: self.stats.running.load(Ordering::Relaxed),
@@ -404,6 +415,16 @@ impl Engine {
                 .unwrap_or_default(),
             step_times: self.stats.step_clock.snapshot(),
         }
+    }
+}
+
+/// A request on its way to the engine (`Engine::preparing`).
+#[derive(Debug)]
+pub struct Preparing(Arc<EngineStats>);
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.preparing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -26,7 +26,7 @@ pub mod vision;
 
 pub use engine::{
     default_threads, Engine, EngineConfig, EngineStats, EventSink, FlashAttention, PreparedRequest,
-    RequestHandle, StatsSnapshot,
+    Preparing, RequestHandle, StatsSnapshot,
 };
 pub use error::{EngineError, Result};
 pub use model::{LoadOptions, Model, ModelInfo, Offload};

@@ -177,6 +177,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                         prompt,
                         choices,
                         priority,
+                        _preparing: worker.engine.as_ref().map(Engine::preparing),
                     }))
                     .is_err()
                 {
@@ -389,6 +390,8 @@ struct Job {
     prompt: Arc<PromptSpec>,
     choices: Vec<GenerationParams>,
     priority: Priority,
+    /// Tells the engine this request is on its way, until the job is done.
+    _preparing: Option<hearth_engine::Preparing>,
 }
 
 /// Where one sequence (orchestrator id) is. `Preparing` → `Running` when submitted to the
