@@ -97,9 +97,9 @@ overhead() {
       "$bin" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 \
         --concurrency 1,8,32 --repeat 3
     done
-    echo "## $KIT/hearth bench (engine), --greedy-on-device off (tokens chosen on the host)"
+    echo "## $KIT/hearth bench (engine), --greedy-on-device on (greedy tokens chosen on the GPU)"
     "$KIT/hearth" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 \
-      --concurrency 1,8,32 --repeat 3 --greedy-on-device off
+      --concurrency 1,8,32 --repeat 3 --greedy-on-device on
   } 2>&1 | tee "$OUT/overhead.txt"
 }
 

@@ -389,7 +389,7 @@ impl Engine {
     /// guard is dropped — after its `submit_prepared`, or once it failed. An idle engine
     /// holds its next step for such requests, up to a few milliseconds (`Scheduler::gather`).
     pub fn preparing(&self) -> Preparing {
-        self.stats.preparing.fetch_add(1, Ordering::Relaxed);
+        self.stats.preparing.fetch_add(1, Ordering::AcqRel);
         Preparing(self.stats.clone())
     }
 
@@ -424,7 +424,8 @@ pub struct Preparing(Arc<EngineStats>);
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        self.0.preparing.fetch_sub(1, Ordering::Relaxed);
+        // Release: a submission sent before this is seen by whoever sees the count drop.
+        self.0.preparing.fetch_sub(1, Ordering::Release);
     }
 }
 

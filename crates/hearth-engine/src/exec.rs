@@ -48,8 +48,9 @@ pub trait Backend {
     fn logits(&self, index: usize) -> &[f32];
     /// From the next decode on, let the device choose `slot`'s token itself — the argmax
     /// of its logits plus `bias` — instead of handing the logits out (`None`: hand them
-    /// out again). Returns whether the device chooses for the slot. Where every output of
-    /// a batch is chosen on the device no logits come back at all; read `device_choice`.
+    /// out again). Returns whether the device chooses for the slot. Its logits must not be
+    /// read then (where every output of a ubatch is chosen on the device, llama.cpp copies
+    /// none out at all); read `device_choice`.
     fn choose_on_device(&mut self, _slot: usize, bias: Option<&[(u32, f32)]>) -> bool {
         let _ = bias;
         false
@@ -211,8 +212,8 @@ impl Backend for LlamaBackend<'_> {
         self.logits_at = 0;
         self.logit_rows.clear();
         self.chosen_on_device.clear();
-        // An image's passes read no token: a greedy chain left on the slot is taken off
-        // rather than run over an embedding batch.
+        // An image's passes read no token: the slot's own chain comes off (a sequence with
+        // images is chosen on the host anyway).
         self.choose_on_device(slot, None);
         let (Some(projector), Some(image)) = (&self.projector, &media.image) else {
             return Err("this model has no vision projector".into());
@@ -277,7 +278,8 @@ impl Backend for LlamaBackend<'_> {
         chain.push(LlamaSampler::greedy());
         // llama.cpp re-plans its compute graph at the next decode (`sched_reserve`); a
         // slot keeps its chain between requests, so that happens when a slot changes
-        // between greedy and sampled requests, not per request.
+        // between greedy and sampled requests (or to another logit bias, or a sequence
+        // moves to a slot without a chain), not per request.
         if self
             .context
             .set_sampler(slot as i32, Some(LlamaSampler::chain_simple(chain)))
@@ -289,8 +291,13 @@ impl Backend for LlamaBackend<'_> {
                 slot,
                 "llama.cpp cannot choose tokens on this device; choosing on the host"
             );
-            self.chains[slot] = None;
             self.device_choice = false;
+            // Every slot chooses on the host from now on.
+            for (other, chain) in self.chains.iter_mut().enumerate() {
+                if chain.take().is_some() {
+                    self.context.set_sampler(other as i32, None);
+                }
+            }
             false
         }
     }
@@ -541,6 +548,10 @@ pub mod mock {
             assert!(
                 self.raw_logits,
                 "logits read after a decode whose every output was chosen on the device"
+            );
+            assert!(
+                self.choices.get(index).is_none_or(Option::is_none),
+                "logits read for an entry the device chose for"
             );
             &self.logits[index]
         }

@@ -282,6 +282,16 @@ pub(crate) fn model_params(
     placement: &Placement,
     shape: Option<&ContextShape>,
 ) -> Result<(Pin<Box<LlamaModelParams>>, u32)> {
+    let gpus = gpus().len();
+    let shares = placement.tensor_split.0.len();
+    if gpus > 0 && shares > gpus {
+        return Err(EngineError::DoesNotFit {
+            path: path.to_owned(),
+            reason: format!(
+                "--tensor-split gives {shares} shares, but there are {gpus} GPUs: one share per GPU"
+            ),
+        });
+    }
     let base = LlamaModelParams::default()
         .with_main_gpu(placement.main_gpu as i32)
         .with_split_mode(placement.split_mode.llama())
@@ -291,12 +301,10 @@ pub(crate) fn model_params(
         // A split chosen by hand is not fitted (llama.cpp's fitting chooses the split
         // itself and refuses one given): every layer goes to the GPUs in those shares, and
         // one that does not fit fails the load with llama.cpp's allocation error.
-        (GpuLayers::Auto, Some(_))
-            if !placement.tensor_split.0.is_empty() && !gpus().is_empty() =>
-        {
+        (GpuLayers::Auto, Some(_)) if shares > 0 && gpus > 0 => {
             Ok((Box::pin(base.with_n_gpu_layers(u32::MAX)), u32::MAX))
         }
-        (GpuLayers::Auto, Some(shape)) if !gpus().is_empty() => fit(path, base, shape, placement),
+        (GpuLayers::Auto, Some(shape)) if gpus > 0 => fit(path, base, shape, placement),
         (GpuLayers::Auto, _) => Ok((Box::pin(base.with_n_gpu_layers(0)), 0)),
     }
 }

@@ -266,16 +266,22 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// step: on an H100 (8 chats of 400 tokens, a 135M model) the lone step took ~5 ms and
     /// the burst's preparation ~2.5 ms. A lone request waits for nothing. False on shutdown.
     fn gather(&mut self, inbox: &mpsc::Receiver<Command>) -> bool {
-        if !self.running.is_empty() || !self.paused.is_empty() || self.waiting.is_empty() {
+        // Nothing to gain once the waiting requests fill every free slot.
+        if !self.running.is_empty()
+            || !self.paused.is_empty()
+            || self.waiting.is_empty()
+            || self.waiting.len() >= self.free_slots.len()
+        {
             return true;
         }
         let deadline = Instant::now() + self.gather_limit;
-        while self.stats.preparing.load(Ordering::Relaxed) > 0 {
+        while self.stats.preparing.load(Ordering::Acquire) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match inbox.recv_timeout(left.min(Duration::from_micros(200))) {
+            // A guard going away wakes nobody: look again every 50 µs.
+            match inbox.recv_timeout(left.min(Duration::from_micros(50))) {
                 Ok(command) => {
                     if !self.handle(command) {
                         return false;
@@ -822,7 +828,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // With one KV stream per slot, llama.cpp puts only sequences with consecutive ids in
         // one ubatch (`split_equal(sequential)`): a batch in any other order is decoded as
         // several ubatches, each a full pass over the weights. Ascending slot order, over
-        // slots `pack` keeps consecutive, keeps a step to one pass (1.8x at 8 sequences once
+        // slots `pack` makes consecutive (after `PACK_AFTER_STEPS`), keeps a step to one pass
+        // (1.8x at 8 sequences once
         // slots had been recycled, ~2.7x at 32 on a GPU).
         let started = Instant::now();
         self.running.sort_unstable_by_key(|seq| seq.slot);
@@ -1028,7 +1035,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         let on_device = self
             .running
             .iter()
-            .filter(|seq| seq.device_bias.is_some() && seq.logits_at.is_some())
+            .filter(|seq| !seq.abandoned && seq.device_bias.is_some() && seq.logits_at.is_some())
             .count();
         self.stats
             .device_choices
@@ -1378,16 +1385,9 @@ mod tests {
                 context_per_slot: 512,
                 batch_size: 64,
                 threads: 1,
-                kv_unified: false,
-                cpu_gate: None,
                 prompt_cache,
                 prompt_cache_ram: host_bytes,
-                preemption: true,
-                flash_attention: Default::default(),
-                cache_type_k: Default::default(),
-                cache_type_v: Default::default(),
-                projector: None,
-                greedy_on_device: false,
+                ..EngineConfig::default()
             };
             let mut backend = ScriptedBackend::new(parallel, VOCAB);
             backend.asynchronous = asynchronous;
@@ -1546,6 +1546,35 @@ mod tests {
             .collect()
     }
 
+    /// Eight slots, after a first round of eight 30-token prompts (one 20-token system
+    /// prompt, then each its own question; 12 tokens each): the harness, the prompts and
+    /// the first round's runs.
+    fn first_round_of_eight(seed: u32) -> (Harness, Vec<Vec<u32>>, Vec<Shared>) {
+        let mut h = Harness::new(8, true);
+        let system = prompt(seed, 20);
+        let prompts: Vec<Vec<u32>> = (0..8)
+            .map(|i| {
+                let mut p = system.clone();
+                p.extend(prompt(seed + 1 + i, 10));
+                p
+            })
+            .collect();
+        let firsts = prompts.iter().map(|p| h.submit(p, 12).1).collect();
+        h.run_until_idle();
+        (h, prompts, firsts)
+    }
+
+    /// Each of `runs` (of `shared_prefix_prompts`' prompts `which`) read all of its prompt
+    /// but the last token from a cache and answered as its first run (`firsts`) did.
+    fn assert_cached_and_unchanged(runs: &[Shared], which: &[usize], firsts: &[Shared]) {
+        for (run, &i) in runs.iter().zip(which) {
+            let run = run.lock().unwrap();
+            assert_eq!(run.error, None);
+            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
+            assert_eq!(run.tokens, firsts[i].lock().unwrap().tokens);
+        }
+    }
+
     fn cold(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
         Harness::new(1, false).generate(prompt, max_tokens).0
     }
@@ -1637,17 +1666,7 @@ mod tests {
         // Eight streams, then the same eight again arriving over three steps in an order
         // that leaves gaps at first: each takes its own cached slot, the gaps close as the
         // rest arrive, and nothing is moved, copied or saved.
-        let mut h = Harness::new(8, true);
-        let system = prompt(60, 20);
-        let prompts: Vec<Vec<u32>> = (0..8)
-            .map(|i| {
-                let mut p = system.clone();
-                p.extend(prompt(61 + i, 10));
-                p
-            })
-            .collect();
-        let firsts: Vec<Shared> = prompts.iter().map(|p| h.submit(p, 12).1).collect();
-        h.run_until_idle();
+        let (mut h, prompts, firsts) = first_round_of_eight(60);
         let (copies, saves) = (h.scheduler.backend.copies, h.scheduler.backend.saves);
         let mut again = Vec::new();
         let waves: [&[usize]; 3] = [&[7, 2, 4], &[0, 5, 1], &[3, 6]];
@@ -1663,11 +1682,8 @@ mod tests {
             (h.scheduler.backend.copies, h.scheduler.backend.saves),
             (copies, saves)
         );
-        for (i, run) in &again {
-            let run = run.lock().unwrap();
-            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
-            assert_eq!(run.tokens, firsts[*i].lock().unwrap().tokens);
-        }
+        let (which, runs): (Vec<usize>, Vec<Shared>) = again.into_iter().unzip();
+        assert_cached_and_unchanged(&runs, &which, &firsts);
     }
 
     #[test]
@@ -1676,17 +1692,7 @@ mod tests {
         // own caches in slots 0, 3, 5 and 7. Decoded there, every step would be four passes
         // over the weights: the sequences move into one run of slots (a copy each) and keep
         // their whole prompts and their tokens; the slots they left keep them as caches.
-        let mut h = Harness::new(8, true);
-        let system = prompt(50, 20);
-        let prompts: Vec<Vec<u32>> = (0..8)
-            .map(|i| {
-                let mut p = system.clone();
-                p.extend(prompt(51 + i, 10));
-                p
-            })
-            .collect();
-        let firsts: Vec<Shared> = prompts.iter().map(|p| h.submit(p, 12).1).collect();
-        h.run_until_idle();
+        let (mut h, prompts, firsts) = first_round_of_eight(50);
         let back = [0, 3, 5, 7];
         let decodes = h.scheduler.backend.runs.len();
         let runs: Vec<Shared> = back.iter().map(|&i| h.submit(&prompts[i], 12).1).collect();
@@ -1703,20 +1709,11 @@ mod tests {
             "{passes:?}"
         );
         assert!(h.scheduler.stats.slot_moves.load(Ordering::Relaxed) >= 2);
-        for (run, &i) in runs.iter().zip(&back) {
-            let run = run.lock().unwrap();
-            assert_eq!(run.error, None);
-            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
-            assert_eq!(run.tokens, firsts[i].lock().unwrap().tokens);
-        }
+        assert_cached_and_unchanged(&runs, &back, &firsts);
         // A third time, all of each prompt is still cached somewhere.
         let runs: Vec<Shared> = back.iter().map(|&i| h.submit(&prompts[i], 12).1).collect();
         h.run_until_idle();
-        for (run, &i) in runs.iter().zip(&back) {
-            let run = run.lock().unwrap();
-            assert_eq!(run.usage.unwrap().cached_tokens, 30 - REDECODE_TOKENS);
-            assert_eq!(run.tokens, firsts[i].lock().unwrap().tokens);
-        }
+        assert_cached_and_unchanged(&runs, &back, &firsts);
     }
 
     #[test]

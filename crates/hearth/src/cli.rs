@@ -342,7 +342,8 @@ pub struct GpuArgs {
     pub cuda_fusion: Switch,
     /// Shares of the model per GPU, in device order (`3,1`: three quarters on the first).
     /// Without it the split follows each GPU's free memory. With it, `--gpu-layers auto`
-    /// offloads every layer without fitting (llama.cpp's fitting chooses its own split).
+    /// offloads every layer without fitting (llama.cpp's fitting chooses its own split), so
+    /// leave room for the KV cache and a vision projector yourself.
     #[arg(long, env = "HEARTH_TENSOR_SPLIT")]
     pub tensor_split: Option<hearth_engine::TensorSplit>,
     /// Greedy requests' tokens chosen by llama.cpp on the device (an argmax in its graph)

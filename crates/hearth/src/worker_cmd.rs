@@ -100,9 +100,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     });
     // Rendering, tokenizing and compiling grammars happen on threads of their own: this one
     // must stay free to answer pings and cancels, however large a prompt is. Several, so a
-    // burst of requests is prepared side by side: one such thread took 1-7 ms per 400-token
-    // chat here, and 8 clients arriving together waited for each other's (on a GPU, where a
-    // step takes ~3 ms, that was most of their time to first token).
+    // burst of requests is prepared side by side (one such thread took 1-7 ms per 400-token
+    // chat here, and 8 clients arriving together waited for each other's). Requests reach
+    // the engine in the order their preparation ends: a short one may overtake a long one.
     let (jobs, inbox) = mpsc::channel::<Work>();
     let inbox = Arc::new(Mutex::new(inbox));
     let preparers = (0..preparing_threads())
@@ -177,7 +177,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                         prompt,
                         choices,
                         priority,
-                        _preparing: worker.engine.as_ref().map(Engine::preparing),
+                        preparing: worker.engine.as_ref().map(Engine::preparing),
                     }))
                     .is_err()
                 {
@@ -390,8 +390,8 @@ struct Job {
     prompt: Arc<PromptSpec>,
     choices: Vec<GenerationParams>,
     priority: Priority,
-    /// Tells the engine this request is on its way, until the job is done.
-    _preparing: Option<hearth_engine::Preparing>,
+    /// Tells the engine this request is on its way, until it is submitted (or failed).
+    preparing: Option<hearth_engine::Preparing>,
 }
 
 /// Where one sequence (orchestrator id) is. `Preparing` → `Running` when submitted to the
@@ -682,18 +682,25 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job) -> Result<(), ApiError> {
+        let Job {
+            ids,
+            prompt,
+            choices,
+            priority,
+            preparing,
+        } = job;
         let engine = self.engine()?;
         if !self.model.info().causal {
             return Err(ApiError::embedding_model_only());
         }
         // Just deserialised, the prompt has no other owner: unwrapping it copies nothing.
-        let prompt = self.tokenize(Arc::unwrap_or_clone(job.prompt))?;
+        let prompt = self.tokenize(Arc::unwrap_or_clone(prompt))?;
         let grammar = prompt.reply.as_ref().and_then(|r| r.grammar.clone());
         // Validate every choice before accepting any, so a request fails as a whole.
-        let mut prepared = Vec::with_capacity(job.choices.len());
-        for params in job.choices {
+        let mut prepared = Vec::with_capacity(choices.len());
+        for params in choices {
             let with_logprobs = params.top_logprobs.is_some();
-            let mut request = generation_request(prompt.tokens.clone(), params, job.priority);
+            let mut request = generation_request(prompt.tokens.clone(), params, priority);
             request.media = prompt.media.clone();
             let param = if grammar.is_some() {
                 request.format = grammar.clone();
@@ -708,10 +715,12 @@ impl Worker {
                 .map_err(|e| engine_error(e, param))?;
             prepared.push((ready, with_logprobs));
         }
-        for (id, (ready, with_logprobs)) in job.ids.into_iter().zip(prepared) {
+        for (id, (ready, with_logprobs)) in ids.into_iter().zip(prepared) {
             let parser = prompt.reply.as_ref().map(ReplySetup::parser);
             self.submit(id, ready, with_logprobs, parser)?;
         }
+        // Submitted: an idle engine holding its step for this request may go now.
+        drop(preparing);
         Ok(())
     }
 

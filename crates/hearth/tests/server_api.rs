@@ -79,16 +79,8 @@ fn completions_equal_the_engines_greedy_output() {
             context_per_slot: 1024,
             batch_size: 512,
             threads: 1,
-            kv_unified: false,
-            cpu_gate: None,
-            prompt_cache: true,
             prompt_cache_ram: 0,
-            preemption: true,
-            flash_attention: Default::default(),
-            cache_type_k: Default::default(),
-            cache_type_v: Default::default(),
-            projector: None,
-            greedy_on_device: false,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -74,10 +74,10 @@ impl<'model> LlamaContext<'model> {
     }
 
     /// Attach a backend sampler chain to sequence `seq_id` (`None` detaches it), kept alive
-    /// here as long as it is attached. Returns whether the chain runs on the backend
-    /// (llama.cpp keeps only samplers it can offload). The next decode re-reserves the
-    /// compute graph. (hearth: patched in; upstream 0.1.160 offers samplers only at
-    /// context creation.)
+    /// here as long as it is attached. Returns whether llama.cpp attached it (it refuses
+    /// chains without backend support, and any with a tensor split mode). The next decode
+    /// re-reserves the compute graph. (hearth: patched in; upstream 0.1.160 offers samplers
+    /// only at context creation.)
     pub fn set_sampler(&mut self, seq_id: i32, sampler: Option<LlamaSampler>) -> bool {
         let mut sampler = sampler;
         let raw = sampler

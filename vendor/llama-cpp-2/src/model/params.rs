@@ -533,14 +533,17 @@ impl LlamaModelParams {
     }
 
     /// Sets the share of the model each device holds when it is split over several
-    /// (`llama_model_params::tensor_split`, one proportion per device; empty: llama.cpp
-    /// splits by free memory). (hearth: patched in.)
+    /// (`llama_model_params::tensor_split`, one proportion per device, the rest 0; empty:
+    /// llama.cpp splits by free memory). llama.cpp reads `llama_max_devices()` values, so
+    /// the buffer is padded to that many. (hearth: patched in.)
     #[must_use]
     pub fn with_tensor_split(mut self, split: &[f32]) -> Self {
         self.tensor_split = split.to_vec();
         self.params.tensor_split = if self.tensor_split.is_empty() {
             std::ptr::null()
         } else {
+            let max_devices = unsafe { llama_cpp_sys_2::llama_max_devices() };
+            self.tensor_split.resize(max_devices.max(split.len()), 0.0);
             self.tensor_split.as_ptr()
         };
         self
