@@ -31,11 +31,23 @@ impl Server {
     /// `hearth serve` with these arguments (models included) and environment, on a free
     /// port, with its own state directory unless the environment names one.
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::from_child(
+        let spawn = || {
             Server::command(args, env)
                 .spawn()
-                .expect("the hearth binary runs"),
-        )
+                .expect("the hearth binary runs")
+        };
+        // A server that exits before listening is started once more, its log shown: twice
+        // in fresh clones (never alone, never in CI) `server_fault_injection`'s first server
+        // exited ~0.2 s after starting, and the cause is not known yet. A second exit fails.
+        match Server::try_from_child(spawn()) {
+            Ok(server) => server,
+            Err(first) => {
+                eprintln!("the server exited before listening; starting it again. {first}");
+                Server::try_from_child(spawn()).unwrap_or_else(|second| {
+                    panic!("the server exited before listening, twice.\n{first}\n{second}")
+                })
+            }
+        }
     }
 
     /// The command `launch` runs, for tests that adjust it before spawning.
@@ -69,7 +81,12 @@ impl Server {
 
     /// Attach to a `hearth serve` started by the caller with stderr piped: wait for its
     /// address and keep its log lines.
-    pub fn from_child(mut child: Child) -> Server {
+    pub fn from_child(child: Child) -> Server {
+        Server::try_from_child(child).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `from_child`, or why the server printed no address (with its log).
+    fn try_from_child(mut child: Child) -> Result<Server, String> {
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -89,14 +106,23 @@ impl Server {
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server printed its address");
-        Server {
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                // Exited (or hung) before listening: say why.
+                let _ = child.kill();
+                let status = child.wait();
+                let log = lines.lock().unwrap().join("\n");
+                return Err(format!(
+                    "The server printed no address ({e}; {status:?}); its log:\n{log}"
+                ));
+            }
+        };
+        Ok(Server {
             child,
             base: format!("http://{addr}"),
             stderr_lines: lines,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
