@@ -275,7 +275,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             return true;
         }
         let deadline = Instant::now() + self.gather_limit;
-        while self.stats.preparing.load(Ordering::Acquire) > 0 {
+        while self.stats.preparing.load(Ordering::Acquire) > 0
+            && self.waiting.len() < self.free_slots.len()
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -2393,5 +2395,30 @@ mod tests {
         h.scheduler.stats.preparing.store(0, Ordering::Relaxed);
         h.run_until_idle();
         tokens_of(&[first, a_run, b_run]);
+    }
+
+    #[test]
+    fn gathering_stops_once_the_waiting_requests_fill_the_free_slots() {
+        // Two slots, one request waiting, one more on its way whose caller has not let go
+        // of its guard yet: once it arrives every free slot has a request, and the step
+        // goes without waiting out the limit.
+        let mut h = Harness::new(2, true);
+        h.scheduler.gather_limit = Duration::from_secs(20);
+        let (tx, inbox) = mpsc::channel();
+        let first = h.submit(&prompt(30, 12), 4).1;
+        h.scheduler.stats.preparing.store(1, Ordering::Relaxed);
+        let (second, second_run) =
+            h.submission(&prompt(31, 12), vec![], 4, Priority::Normal, usize::MAX);
+        tx.send(Command::Submit(Box::new(second))).unwrap();
+        let started = Instant::now();
+        assert!(h.scheduler.gather(&inbox));
+        assert!(
+            started.elapsed() < h.scheduler.gather_limit,
+            "waited out the limit"
+        );
+        assert_eq!(h.scheduler.waiting.len(), 2);
+        h.scheduler.stats.preparing.store(0, Ordering::Relaxed);
+        h.run_until_idle();
+        tokens_of(&[first, second_run]);
     }
 }
