@@ -76,7 +76,8 @@ pub trait Backend {
 }
 
 /// What the scheduler needs to know about tokens.
-pub trait Vocabulary {
+/// (`Sync`: sequences take their tokens on the sampling threads.)
+pub trait Vocabulary: Sync {
     fn token_bytes(&self, token: u32) -> &[u8];
     fn is_eog(&self, token: u32) -> bool;
     fn vocab_size(&self) -> usize;

@@ -7,6 +7,7 @@ pub mod detok;
 pub mod embed;
 mod engine;
 mod error;
+mod handoff;
 pub mod exec;
 pub mod gguf;
 mod host_cache;

@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::cpu_gate::CpuGate;
+use crate::cpu_gate::{CpuGate, Turn};
+use crate::handoff::{Handoff, PublishOnDrop};
 use crate::detok::Utf8Decoder;
 use crate::engine::{EngineConfig, EngineStats, EventSink};
 use crate::exec::{Backend, BatchEntry, Vocabulary};
@@ -69,8 +70,9 @@ struct Sequence {
     sink: EventSink,
     /// Index of this sequence's logits in the current batch.
     logits_at: Option<usize>,
-    /// This step's token (or why there is none), between sampling and handing it over.
-    sampled: Option<Result<(u32, Option<TokenLogprobs>), String>>,
+    /// What this step's token did to it (`advance`), between the sampling threads and the
+    /// engine thread ending the finished.
+    outcome: Option<Outcome>,
     /// Events held back until the next pass is launched (see `Scheduler::defer_emits`).
     deferred: Vec<Event>,
     /// Its sink refused a held-back event: nobody listens; it ends at the next sampling.
@@ -135,6 +137,10 @@ const PARALLEL_SAMPLING_MIN: usize = 8;
 const SEQUENCES_PER_THREAD: usize = 4;
 const MAX_SAMPLING_THREADS: usize = 8;
 
+/// The sampling threads wake this long before the pass is expected to end (as long as the
+/// last one) and spin until the logits are there (`Handoff`): more than a sleep's overshoot.
+const SPIN_LEAD: Duration = Duration::from_micros(200);
+
 pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     vocab: &'v V,
     backend: B,
@@ -168,7 +174,8 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     /// Paused sequences, in the order they were paused.
     paused: Vec<Paused<B::Snapshot>>,
     stats: Arc<EngineStats>,
-    cpu_gate: Option<CpuGate>,
+    /// Shared with each step's `Turn`, which outlives the step's borrows of the scheduler.
+    cpu_gate: Option<Arc<CpuGate>>,
     /// The backend computes on its own (a GPU): a step's tokens are handed to their
     /// requests after the next pass is launched, while the device runs it, instead of
     /// before. On the CPU the pass is the host's own work, so they go out at once.
@@ -177,6 +184,11 @@ pub(crate) struct Scheduler<'v, B: Backend, V: Vocabulary> {
     /// `PARALLEL_SAMPLING_MIN`): kept, since starting threads every step cost more than the
     /// sampling they took over. `None` on the CPU, or if they could not start.
     sampling_pool: Option<rayon::ThreadPool>,
+    /// How long before the pass is expected to end the sampling threads stop sleeping and
+    /// spin (`Handoff`); `None`: they sleep until the logits are there.
+    spin_lead: Option<Duration>,
+    /// How long the last step waited for its pass after launching it.
+    last_wait: Duration,
 }
 
 enum Outcome {
@@ -215,11 +227,14 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             stats,
             cpu_gate: config.cpu_gate.as_deref().and_then(|path| {
                 CpuGate::open(path)
+                    .map(Arc::new)
                     .inspect_err(|e| tracing::warn!(%e, ?path, "no CPU gate"))
                     .ok()
             }),
             defer_emits: backend.asynchronous(),
             sampling_pool: backend.asynchronous().then(sampling_pool).flatten(),
+            spin_lead: spin_lead(),
+            last_wait: Duration::ZERO,
             backend,
         }
     }
@@ -421,7 +436,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 constraint,
                 sink,
                 logits_at: None,
-                sampled: None,
+                outcome: None,
                 deferred: Vec::new(),
                 abandoned: false,
             });
@@ -901,7 +916,8 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 seq.device_bias = None;
             }
         }
-        let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
+        let gate = self.cpu_gate.clone();
+        let turn = gate.as_deref().and_then(CpuGate::turn);
         let clock = &self.stats.step_clock;
         let built = Instant::now();
         clock.add(Phase::Build, built - started);
@@ -919,24 +935,19 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
         let delivered = Instant::now();
         clock.add(Phase::Emit, delivered - launched);
-        if decoded.is_ok() {
-            self.backend.synchronize();
-        }
-        let synchronized = Instant::now();
-        clock.add(Phase::Wait, synchronized - delivered);
-        drop(turn);
-        tracing::trace!(
-            tokens = self.batch.len(),
-            sequences = self.running.len(),
-            decode_us = (synchronized - built).as_micros() as u64,
-            "step"
-        );
         if let Err(e) = decoded {
+            drop(turn);
             self.fail_batch(&format!("llama.cpp decode failed: {e}"));
             return;
         }
+        self.sync_and_sample(delivered, turn);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        self.sample_all();
+        tracing::trace!(
+            tokens = self.batch.len(),
+            sequences = self.running.len(),
+            step_us = started.elapsed().as_micros() as u64,
+            "step"
+        );
     }
 
     /// Evaluate the image the first sequence (in slot order) has reached in its prefill.
@@ -959,7 +970,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
             .find(|m| m.start == seq.prefilled)
             .expect("found above")
             .clone();
-        let turn = self.cpu_gate.as_ref().and_then(CpuGate::turn);
+        let turn = self.cpu_gate.as_deref().and_then(CpuGate::turn);
         let started = std::time::Instant::now();
         let decoded =
             self.backend
@@ -985,63 +996,101 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         }
     }
 
-    /// Sample every sequence that has logits this step, then hand each its token (in two
-    /// passes, so the phases are timed apart).
-    fn sample_all(&mut self) {
-        let started = Instant::now();
-        let backend = &self.backend;
-        let mut work: Vec<(&mut Sequence, &[f32])> = self
-            .running
-            .iter_mut()
-            .filter(|seq| !seq.abandoned)
-            .filter_map(|seq| {
-                let index = seq.logits_at?;
-                if seq.device_bias.is_some() {
-                    // Chosen already; no logits came back for it (none at all where every
-                    // sequence of the step was chosen on the device).
-                    seq.sampled = Some(
-                        backend
-                            .device_choice(index)
-                            .map(|token| (token, None))
-                            .ok_or_else(|| "the device chose no token".to_owned()),
-                    );
-                    return None;
+    /// Wait for the pass, then give every sequence with logits this step its token — sampled
+    /// and taken (`advance`: detokenized, stop strings, the limit) — and end those that
+    /// finished. On a GPU the host's work here is all that stands between two passes, so
+    /// it is spread over the sampling threads: handed out before the wait, to threads that
+    /// wake shortly before the pass is expected to end (`Handoff`) and take their share the
+    /// moment the logits land. (On the CPU llama.cpp's own threads are the bottleneck and
+    /// this is a sliver.)
+    /// The CPU gate's `turn` (if any) is given back once the pass is over.
+    fn sync_and_sample(&mut self, delivered: Instant, turn: Option<Turn<'_>>) {
+        let vocab = self.vocab;
+        let defer = self.defer_emits;
+        let clock = &self.stats.step_clock;
+        let mut work: Vec<&mut Sequence> = Vec::with_capacity(self.running.len());
+        let mut rows: Vec<usize> = Vec::with_capacity(self.running.len());
+        for seq in &mut self.running {
+            // Device-chosen tokens are taken below: no logits came back for them.
+            if let Some(index) = seq.logits_at.filter(|_| !seq.abandoned) {
+                if seq.device_bias.is_none() {
+                    rows.push(index);
+                    work.push(seq);
                 }
-                Some((seq, backend.logits(index)))
-            })
-            .collect();
-        // On a GPU the host's sampling is all that stands between two passes: spread it.
-        // (On the CPU llama.cpp's own threads are the bottleneck and sampling is a sliver.)
-        let pool = self.sampling_pool.as_ref();
-        if let Some(pool) = pool.filter(|_| work.len() >= PARALLEL_SAMPLING_MIN) {
-            // The engine thread samples the first chunk itself.
-            let threads = (pool.current_num_threads() + 1).min(work.len() / SEQUENCES_PER_THREAD);
-            let per_thread = work.len().div_ceil(threads.max(1));
-            pool.in_place_scope(|scope| {
-                let mut chunks = work.chunks_mut(per_thread);
-                let own = chunks.next();
-                for chunk in chunks {
-                    scope.spawn(move |_| chunk.iter_mut().for_each(|(seq, l)| sample_one(seq, l)));
-                }
-                own.into_iter()
-                    .flatten()
-                    .for_each(|(seq, logits)| sample_one(seq, logits));
-            });
-        } else {
-            for (seq, logits) in &mut work {
-                sample_one(seq, logits);
             }
         }
+        let pool = self
+            .sampling_pool
+            .as_ref()
+            .filter(|_| work.len() >= PARALLEL_SAMPLING_MIN);
+        let backend = &mut self.backend;
+        let synchronized;
+        if let Some(pool) = pool {
+            let threads = (pool.current_num_threads() + 1).min(work.len() / tunable("HEARTH_SAMPLING_PER_THREAD", SEQUENCES_PER_THREAD).max(1));
+            let per_thread = work.len().div_ceil(threads.max(1));
+            let wake_at = match self.spin_lead {
+                Some(lead) => delivered + self.last_wait.saturating_sub(lead),
+                None => delivered + Duration::from_secs(3600),
+            };
+            let handoff: Handoff<Vec<&[f32]>> = Handoff::new();
+            let handoff = &handoff;
+            let mut at = Instant::now();
+            pool.in_place_scope(|scope| {
+                let _gives_up = PublishOnDrop(handoff);
+                let mut chunks = work.chunks_mut(per_thread).enumerate();
+                let own = chunks.next();
+                for (chunk, seqs) in chunks {
+                    scope.spawn(move |_| {
+                        let Some(logits) = handoff.wait(wake_at) else {
+                            return;
+                        };
+                        let logits = &logits[chunk * per_thread..];
+                        for (seq, logits) in seqs.iter_mut().zip(logits) {
+                            sample_and_advance(vocab, seq, logits, defer);
+                        }
+                    });
+                }
+                backend.synchronize();
+                at = Instant::now();
+                drop(turn);
+                let backend: &B = backend;
+                let logits: Vec<&[f32]> = rows.iter().map(|&index| backend.logits(index)).collect();
+                handoff.publish(Some(logits));
+                if let (Some((_, seqs)), Some(logits)) = (own, handoff.wait(at)) {
+                    for (seq, logits) in seqs.iter_mut().zip(logits) {
+                        sample_and_advance(vocab, seq, logits, defer);
+                    }
+                }
+            });
+            synchronized = at;
+        } else {
+            backend.synchronize();
+            synchronized = Instant::now();
+            drop(turn);
+            for (seq, &index) in work.iter_mut().zip(&rows) {
+                sample_and_advance(vocab, seq, backend.logits(index), defer);
+            }
+        }
+        let wait = synchronized - delivered;
+        self.last_wait = wait;
+        clock.add(Phase::Wait, wait);
         let sampled = Instant::now();
-        self.stats.step_clock.add(Phase::Sample, sampled - started);
-        let on_device = self
-            .running
-            .iter()
-            .filter(|seq| !seq.abandoned && seq.device_bias.is_some() && seq.logits_at.is_some())
-            .count();
+        clock.add(Phase::Sample, sampled - synchronized);
+        let mut on_device = 0;
+        for seq in &mut self.running {
+            if let Some(index) = seq.logits_at.filter(|_| !seq.abandoned && seq.device_bias.is_some()) {
+                on_device += 1;
+                let chosen = self
+                    .backend
+                    .device_choice(index)
+                    .map(|token| (token, None))
+                    .ok_or_else(|| "the device chose no token".to_owned());
+                seq.outcome = Some(take_token(vocab, seq, chosen, defer));
+            }
+        }
         self.stats
             .device_choices
-            .fetch_add(on_device as u64, Ordering::Relaxed);
+            .fetch_add(on_device, Ordering::Relaxed);
         let mut index = 0;
         while index < self.running.len() {
             let seq = &mut self.running[index];
@@ -1052,23 +1101,9 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
                 index += 1;
                 continue;
             } else {
-                match seq.sampled.take() {
-                    Some(Ok((token, logprobs))) => {
-                        let vocab = self.vocab;
-                        let defer = self.defer_emits;
-                        // A panic in a detokenizer or a stop matcher ends only this
-                        // sequence, as one in `sample_one` does.
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            advance(vocab, seq, token, logprobs, defer)
-                        }))
-                        .unwrap_or_else(|_| {
-                            tracing::error!(id = seq.id, "emitting panicked; ending this sequence");
-                            report(seq, "internal error while generating this sequence")
-                        })
-                    }
-                    Some(Err(message)) => report(seq, &message),
-                    None => report(seq, "internal error: no token was sampled"),
-                }
+                seq.outcome
+                    .take()
+                    .unwrap_or_else(|| report(seq, "internal error: no token was sampled"))
             };
             match outcome {
                 Outcome::Continue => index += 1,
@@ -1198,11 +1233,25 @@ fn usage_of(seq: &Sequence) -> Usage {
     }
 }
 
+/// EXPERIMENT: a number from the environment, else `default`.
+fn tunable(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `HEARTH_SAMPLING_SPIN_US` (`off`, or microseconds), else `SPIN_LEAD`.
+fn spin_lead() -> Option<Duration> {
+    match std::env::var("HEARTH_SAMPLING_SPIN_US") {
+        Ok(value) if value == "off" => None,
+        Ok(value) => Some(value.parse().map_or(SPIN_LEAD, Duration::from_micros)),
+        Err(_) => Some(SPIN_LEAD),
+    }
+}
+
 /// One thread per CPU up to `MAX_SAMPLING_THREADS`, the engine thread included.
 fn sampling_pool() -> Option<rayon::ThreadPool> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(MAX_SAMPLING_THREADS);
+        .min(tunable("HEARTH_SAMPLING_THREADS", MAX_SAMPLING_THREADS));
     if threads < 2 {
         return None;
     }
@@ -1214,10 +1263,16 @@ fn sampling_pool() -> Option<rayon::ThreadPool> {
         .ok()
 }
 
-/// Choose a sequence's next token into `seq.sampled`. A panic while sampling one sequence (a
-/// bug in a mask or a sampler) ends that sequence with an error; the others, and the
-/// worker, go on.
-fn sample_one(seq: &mut Sequence, logits: &[f32]) {
+/// Choose a sequence's next token from its logits, and take it (`take_token`), leaving
+/// what became of the sequence in `seq.outcome`. Runs on the sampling threads.
+fn sample_and_advance(vocab: &impl Vocabulary, seq: &mut Sequence, logits: &[f32], defer: bool) {
+    let sampled = sample_one(seq, logits);
+    seq.outcome = Some(take_token(vocab, seq, sampled, defer));
+}
+
+/// A sequence's next token from its logits. A panic while sampling one sequence (a bug in a
+/// mask or a sampler) ends that sequence with an error; the others, and the worker, go on.
+fn sample_one(seq: &mut Sequence, logits: &[f32]) -> Result<(u32, Option<TokenLogprobs>), String> {
     let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         match seq.constraint.as_mut() {
             None => Ok(seq.sampler.sample(logits, None)),
@@ -1232,14 +1287,34 @@ fn sample_one(seq: &mut Sequence, logits: &[f32]) {
             }),
         }
     }));
-    seq.sampled = Some(match sampled {
+    match sampled {
         Ok(Ok(token)) => Ok(token),
         Ok(Err(error)) => Err(format!("structured output failed: {error}")),
         Err(_) => {
             tracing::error!(id = seq.id, "sampling panicked; ending this sequence");
             Err("internal error while generating this sequence".to_owned())
         }
-    });
+    }
+}
+
+/// Take a sequence's token (or end it with the error that stands for one). A panic in a
+/// detokenizer or a stop matcher ends only this sequence, as one in `sample_one` does.
+fn take_token(
+    vocab: &impl Vocabulary,
+    seq: &mut Sequence,
+    sampled: Result<(u32, Option<TokenLogprobs>), String>,
+    defer: bool,
+) -> Outcome {
+    match sampled {
+        Ok((token, logprobs)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            advance(vocab, seq, token, logprobs, defer)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(id = seq.id, "emitting panicked; ending this sequence");
+            report(seq, "internal error while generating this sequence")
+        }),
+        Err(message) => report(seq, &message),
+    }
 }
 
 /// Take a sampled token: stop on end-of-turn, emit its text (held back while a stop string
@@ -1914,6 +1989,28 @@ mod tests {
         for (p, run) in prompts.iter().zip(&runs) {
             assert_eq!(tokens(run), cold(p, 16));
         }
+        // Sequences ending on those threads, at different lengths, one client leaving: each
+        // ends as it would alone.
+        let runs: Vec<(usize, Shared)> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let listens = if i == 3 { 4 } else { usize::MAX };
+                let max = 8 + i;
+                (max, h.submit_listening(p, Vec::new(), max, Priority::Normal, listens).1)
+            })
+            .collect();
+        h.run_until_idle();
+        for (i, (p, (max, run))) in prompts.iter().zip(&runs).enumerate() {
+            if i == 3 {
+                assert_eq!(tokens(run), cold(p, *max)[..4]);
+                assert_eq!(run.lock().unwrap().usage, None, "nobody to tell");
+            } else {
+                assert_eq!(tokens(run), cold(p, *max));
+                assert!(run.lock().unwrap().usage.is_some());
+            }
+        }
+        assert_eq!(h.scheduler.free_slots.len(), 10);
     }
 
     #[test]

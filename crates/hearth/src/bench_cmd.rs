@@ -228,6 +228,7 @@ fn measure_with(
     drop(tx);
     let mut first: Vec<Option<Instant>> = vec![None; n];
     let mut tokens_at: Vec<Instant> = Vec::new();
+    let mut first_done: Option<Instant> = None;
     let mut done = 0;
     while done < n {
         let (i, at, event) = rx.recv()?;
@@ -238,14 +239,25 @@ fn measure_with(
                 }
                 tokens_at.extend(std::iter::repeat_n(at, tokens.len()));
             }
-            Event::Done { .. } => done += 1,
+            Event::Done { .. } => {
+                done += 1;
+                first_done.get_or_insert(at);
+            }
             Event::Error(e) => bail!(e),
         }
     }
+    // The rate while all `n` sequences decode, as llama-batched-bench's S_TG (its sequences
+    // start and end together): from the last one's first token to the first one's end.
+    // Prompts are prefilled a batch at a time, so the first sequences start decoding (and
+    // end) a few steps before the last; those steps run fewer than `n`.
     let first_token = first.iter().flatten().min().copied().unwrap_or(start) - start;
     let all_decoding = first.iter().flatten().max().copied().unwrap_or(start);
-    let end = tokens_at.iter().max().copied().unwrap_or(all_decoding);
-    let after = tokens_at.iter().filter(|&&t| t > all_decoding).count();
+    let last_token = tokens_at.iter().max().copied().unwrap_or(all_decoding);
+    let end = first_done.unwrap_or(last_token).min(last_token);
+    let after = tokens_at
+        .iter()
+        .filter(|&&t| t > all_decoding && t <= end)
+        .count();
     let span = (end - all_decoding).as_secs_f64();
     let decode_rate = if span > 0.0 { after as f64 / span } else { 0.0 };
     let stats = engine.stats();
