@@ -277,4 +277,32 @@ for m in json.load(sys.stdin)["models"].values(): print(m.get("placement"), m.ge
   } 2>&1 | tee "$OUT/tensor-split.txt"
 }
 
+# The 32-sequence engine goal in rounds that alternate with the peer (the card's speed drifts
+# by a few percent within minutes, so one run of each is not a comparison): the peers'
+# llama-batched-bench S_TG, then `hearth bench`'s aggregate (the steps where all 32
+# sequences decode, as S_TG counts), ROUNDS times; VARIANTS (`A=1 B=2;C=3`) adds runs of the
+# same binary under those environment settings. Single stream once: llama-bench tg128.
+engine32() {
+  export LD_LIBRARY_PATH="$W/build/bin"
+  local model="$W/8b-q4km.gguf" r v
+  local hearth=("$KIT/hearth" bench --model "$model" --prompt-tokens 128 --gen-tokens 128 --repeat 3)
+  {
+    echo "## single stream: llama-bench tg128 (peers), hearth bench tg128"
+    "$W/peers/build/bin/llama-bench" -m "$model" -ngl 99 -p 0 -n 128 -r 3 2>/dev/null | grep tg128
+    "${hearth[@]}" --concurrency 1 2>&1 | grep -E "tg128 \(|^\| 1 \|"
+    for r in $(seq "${ROUNDS:-4}"); do
+      echo "## round $r, $(date +%T)"
+      echo -n "llama-batched-bench S_TG: "
+      "$W/peers/build/bin/llama-batched-bench" -m "$model" -ngl 99 -c 16384 -b 2048 -ub 512 \
+        -npp 128 -ntg 128 -npl 32 2>&1 | grep -E "^\| +128" | awk -F'|' '{print $9}'
+      echo "hearth: $("${hearth[@]}" --concurrency 32 2>&1 | grep -E "aggregate|^\| 32 \|" | tr '\n' ' ')"
+      IFS=';' read -ra variants <<< "${VARIANTS:-}"
+      for v in "${variants[@]}"; do
+        # shellcheck disable=SC2086 # the variant is a list of assignments
+        echo "hearth $v: $(env $v "${hearth[@]}" --concurrency 32 2>&1 | grep -E "aggregate|^\| 32 \|" | tr '\n' ' ')"
+      done
+    done
+  } 2>&1 | tee "$OUT/engine32.txt"
+}
+
 "$@"

@@ -21,8 +21,9 @@ use crate::stop::MAX_STOP_STRINGS;
 use crate::structured::Constraint;
 use crate::vision::Projector;
 
-/// Receives a request's events on the engine thread. Returning `false` means nobody is
-/// listening any more: the engine cancels the request and frees its slot.
+/// Receives a request's events, on the engine thread or (on a GPU) one of its sampling
+/// threads: one sequence's events in order, from one thread at a time. Returning `false`
+/// means nobody is listening any more: the engine cancels the request and frees its slot.
 pub type EventSink = Box<dyn FnMut(Event) -> bool + Send>;
 
 #[derive(Debug, Clone)]
@@ -344,7 +345,7 @@ impl Engine {
         })
     }
 
-    /// Submit a prepared request; its events go to `sink` on the engine thread.
+    /// Submit a prepared request; its events go to `sink` (see `EventSink`).
     pub fn submit_prepared(&self, prepared: PreparedRequest, sink: EventSink) -> Result<RequestId> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -362,7 +363,7 @@ impl Engine {
         Ok(id)
     }
 
-    /// Submit a request; its events go to `sink` on the engine thread.
+    /// Submit a request; its events go to `sink` (see `EventSink`).
     pub fn submit_with_sink(
         &self,
         request: GenerationRequest,

@@ -8,7 +8,10 @@
 //! one published early wakes the sleepers (no later than a plain wake-up would).
 
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest a waiter spins before it sleeps again until the value is published.
+const MAX_SPIN: Duration = Duration::from_millis(1);
 
 pub(crate) struct Handoff<T> {
     /// `None` once published: the publisher gave up (the waiters do nothing).
@@ -32,32 +35,53 @@ impl<T> Handoff<T> {
         if self.value.set(value).is_err() {
             return;
         }
-        *self.published.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.woken.notify_all();
     }
 
     /// The published value: asleep until it is published or `wake_at` comes, then
-    /// spinning until it is published.
+    /// spinning until it is published — for at most `MAX_SPIN`, then asleep again (a pass
+    /// far longer than expected, or a stalled device, costs no CPUs).
     pub fn wait(&self, wake_at: Instant) -> Option<&T> {
-        if self.value.get().is_none() {
-            let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
-            while !*published {
-                let now = Instant::now();
-                if now >= wake_at {
-                    break;
-                }
-                published = self
-                    .woken
-                    .wait_timeout(published, wake_at - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
+        self.sleep_until(Some(wake_at));
+        let give_up = Instant::now() + MAX_SPIN;
         loop {
             if let Some(value) = self.value.get() {
                 return value.as_ref();
             }
+            if Instant::now() >= give_up {
+                self.sleep_until(None);
+            }
             std::hint::spin_loop();
+        }
+    }
+
+    /// Asleep until the value is published or `until` comes (`None`: no limit).
+    fn sleep_until(&self, until: Option<Instant>) {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !*published {
+            published = match until {
+                None => self
+                    .woken
+                    .wait(published)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(until) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    self.woken
+                        .wait_timeout(published, until - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 }

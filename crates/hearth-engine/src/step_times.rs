@@ -15,9 +15,11 @@ pub enum Phase {
     Decode,
     /// Waiting for the device to finish the pass (zero on the CPU).
     Wait,
-    /// Choosing every sequence's next token from its logits.
+    /// Choosing every sequence's next token from its logits and taking it: detokenizing,
+    /// stop strings, and the sink of a sequence that ends.
     Sample,
-    /// Handing tokens to their requests: detokenizing, stop strings, the sinks.
+    /// Handing tokens to their requests (on a GPU while the next pass runs) and ending the
+    /// sequences that finished.
     Emit,
 }
 

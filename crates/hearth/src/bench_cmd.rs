@@ -164,7 +164,8 @@ fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
 pub struct Run {
     /// Time to the first token of one sequence (prefill plus one sample).
     pub first_token: Duration,
-    /// Tokens per second over all sequences once every one of them is decoding.
+    /// Tokens per second over all sequences while every one of them is decoding (from the
+    /// last one's first token to the first one's end).
     pub decode_rate: f64,
     /// Engine steps taken, and the time they spent in each phase (in-process runs only).
     pub steps: u64,
@@ -253,7 +254,12 @@ fn measure_with(
     let first_token = first.iter().flatten().min().copied().unwrap_or(start) - start;
     let all_decoding = first.iter().flatten().max().copied().unwrap_or(start);
     let last_token = tokens_at.iter().max().copied().unwrap_or(all_decoding);
-    let end = first_done.unwrap_or(last_token).min(last_token);
+    // A run too short for any step with all `n` decoding (the first sequence ended before
+    // the last started) falls back to the last sequence's first token to the last token.
+    let end = first_done
+        .filter(|&done| done > all_decoding)
+        .unwrap_or(last_token)
+        .min(last_token);
     let after = tokens_at
         .iter()
         .filter(|&&t| t > all_decoding && t <= end)
