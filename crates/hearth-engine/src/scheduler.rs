@@ -1002,8 +1002,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
     /// it is spread over the sampling threads: handed out before the wait, to threads that
     /// wake shortly before the pass is expected to end (`Handoff`) and take their share the
     /// moment the logits land. (On the CPU llama.cpp's own threads are the bottleneck and
-    /// this is a sliver.)
-    /// The CPU gate's `turn` (if any) is given back once the pass is over.
+    /// this is a sliver.) The CPU gate's `turn` (if any) is given back once the pass is over.
     fn sync_and_sample(&mut self, launched: Instant, delivered: Instant, turn: Option<Turn<'_>>) {
         let vocab = self.vocab;
         let defer = self.defer_emits;
