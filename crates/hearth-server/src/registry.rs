@@ -111,6 +111,19 @@ impl Registry {
     }
 }
 
+/// The name of the directory holding the worker sockets of the server `pid`: its pid *and*
+/// start time, so a server that reuses a dead one's pid never shares its directory. (With
+/// the pid alone, a new server's sweep removed a dead namesake's directory — its own, still
+/// empty before its first worker — and that worker then failed to start: "cannot create
+/// worker socket", or with `--preload` a server that exited before listening.)
+pub fn socket_dir_name(pid: u32) -> String {
+    socket_dir_name_of(pid, process_start_time(pid).unwrap_or(0))
+}
+
+fn socket_dir_name_of(pid: u32, start_time: u64) -> String {
+    format!("hearth-{pid}-{start_time}")
+}
+
 /// Whether `pid` is a live process that started at `start_time` (not a zombie).
 pub fn is_running(pid: u32, start_time: u64) -> bool {
     process_start_time(pid) == Some(start_time)
@@ -231,6 +244,33 @@ mod tests {
         assert_eq!(left[0].model, "live");
         let _ = bystander.kill();
         let _ = bystander.wait();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_dead_servers_socket_directory_goes_and_a_live_one_with_its_pid_stays() {
+        let dir = temp_dir("sockets");
+        let registry = Registry::open(&dir.join("state")).unwrap();
+        let me = std::process::id();
+        let started = process_start_time(me).unwrap();
+        // A server that died with our pid: its directory, one socket left in it.
+        let dead = dir.join(socket_dir_name_of(me, started + 1));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("m-0.sock"), b"").unwrap();
+        registry.add(WorkerRecord {
+            pid: 1,
+            start_time: 0,
+            orchestrator_pid: me,
+            orchestrator_start_time: started + 1,
+            model: "m".into(),
+            socket: dead.join("m-0.sock"),
+        });
+        // Ours (this process is the live server), empty before its first worker.
+        let live = dir.join(socket_dir_name(me));
+        std::fs::create_dir_all(&live).unwrap();
+        registry.sweep_orphans().unwrap();
+        assert!(!dead.exists(), "the dead server's directory is removed");
+        assert!(live.is_dir(), "the live server's directory stays");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

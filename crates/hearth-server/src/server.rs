@@ -190,7 +190,7 @@ fn create_runtime_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("hearth-{}", std::process::id()));
+    let dir = base.join(crate::registry::socket_dir_name(std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new()
         .mode(0o700)

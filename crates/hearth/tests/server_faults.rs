@@ -210,12 +210,18 @@ fn sigterm_stops_the_server_and_its_workers() {
     wait_until("the worker to exit", Duration::from_secs(5), || {
         !process_exists(pid)
     });
-    let name = format!("hearth-{}", server.pid());
+    // Its socket directory is `hearth-{pid}-{start time}`.
+    let prefix = format!("hearth-{}-", server.pid());
     let runtime_dirs = [
         Some(std::env::temp_dir()),
         std::env::var_os("XDG_RUNTIME_DIR").map(Into::into),
     ];
     for dir in runtime_dirs.into_iter().flatten() {
-        assert!(!dir.join(&name).exists(), "sockets are removed");
+        let left = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+        assert!(!left, "sockets are removed");
     }
 }
