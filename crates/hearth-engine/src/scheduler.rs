@@ -846,8 +846,7 @@ impl<'v, B: Backend, V: Vocabulary> Scheduler<'v, B, V> {
         // one ubatch (`split_equal(sequential)`): a batch in any other order is decoded as
         // several ubatches, each a full pass over the weights. Ascending slot order, over
         // slots `pack` makes consecutive (after `PACK_AFTER_STEPS`), keeps a step to one pass
-        // (1.8x at 8 sequences once
-        // slots had been recycled, ~2.7x at 32 on a GPU).
+        // (1.8x at 8 sequences once slots had been recycled, ~2.7x at 32 on a GPU).
         let started = Instant::now();
         self.running.sort_unstable_by_key(|seq| seq.slot);
         self.pack();
@@ -1503,6 +1502,23 @@ mod tests {
             (id, run)
         }
 
+        /// `parallel` slots with the prompt cache, `gather` waiting up to `limit`, and the
+        /// inbox it reads.
+        fn gathering(
+            parallel: usize,
+            limit: Duration,
+        ) -> (Harness, mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+            let mut h = Harness::new(parallel, true);
+            h.scheduler.gather_limit = limit;
+            let (tx, inbox) = mpsc::channel();
+            (h, tx, inbox)
+        }
+
+        /// A plain request a caller is still preparing (for `gather`): not yet submitted.
+        fn on_its_way(&mut self, prompt: &[u32], max_tokens: usize) -> (Submission, Shared) {
+            self.submission(prompt, vec![], max_tokens, Priority::Normal, usize::MAX)
+        }
+
         /// A request as `submit_listening` would submit it, and where its output goes.
         fn submission(
             &mut self,
@@ -1630,7 +1646,7 @@ mod tests {
         (h, prompts, firsts)
     }
 
-    /// Each of `runs` (of `shared_prefix_prompts`' prompts `which`) read all of its prompt
+    /// Each of `runs` (of `first_round_of_eight`'s prompts `which`) read all of its prompt
     /// but the last token from a cache and answered as its first run (`firsts`) did.
     fn assert_cached_and_unchanged(runs: &[Shared], which: &[usize], firsts: &[Shared]) {
         for (run, &i) in runs.iter().zip(which) {
@@ -2460,18 +2476,16 @@ mod tests {
 
     #[test]
     fn an_idle_engine_starts_a_burst_still_being_prepared_in_one_step() {
-        let mut h = Harness::new(4, true);
         // No time limit here: the test must not depend on how fast a thread runs.
-        h.scheduler.gather_limit = Duration::from_secs(3600);
-        let (tx, inbox) = mpsc::channel();
+        let (mut h, tx, inbox) = Harness::gathering(4, Duration::from_secs(3600));
         let first = h.submit(&prompt(20, 12), 4).1;
         // Nothing else on its way: no wait (with the limit above, a wait would hang).
         assert!(h.scheduler.gather(&inbox));
         assert_eq!(h.scheduler.waiting.len(), 1);
         // Two more on their way: the caller submits each, then drops its guard.
         h.scheduler.stats.preparing.store(2, Ordering::Relaxed);
-        let (a, a_run) = h.submission(&prompt(21, 12), vec![], 4, Priority::Normal, usize::MAX);
-        let (b, b_run) = h.submission(&prompt(22, 12), vec![], 4, Priority::Normal, usize::MAX);
+        let (a, a_run) = h.on_its_way(&prompt(21, 12), 4);
+        let (b, b_run) = h.on_its_way(&prompt(22, 12), 4);
         let stats = h.scheduler.stats.clone();
         let caller = std::thread::spawn(move || {
             for submission in [a, b] {
@@ -2506,13 +2520,10 @@ mod tests {
         // Two slots, one request waiting, one more on its way whose caller has not let go
         // of its guard yet: once it arrives every free slot has a request, and the step
         // goes without waiting out the limit.
-        let mut h = Harness::new(2, true);
-        h.scheduler.gather_limit = Duration::from_secs(20);
-        let (tx, inbox) = mpsc::channel();
+        let (mut h, tx, inbox) = Harness::gathering(2, Duration::from_secs(20));
         let first = h.submit(&prompt(30, 12), 4).1;
         h.scheduler.stats.preparing.store(1, Ordering::Relaxed);
-        let (second, second_run) =
-            h.submission(&prompt(31, 12), vec![], 4, Priority::Normal, usize::MAX);
+        let (second, second_run) = h.on_its_way(&prompt(31, 12), 4);
         tx.send(Command::Submit(Box::new(second))).unwrap();
         let started = Instant::now();
         assert!(h.scheduler.gather(&inbox));
